@@ -1,0 +1,1 @@
+"""Offline conversion of safetensors checkpoints to GGUF (see issue: converter)."""

@@ -1,0 +1,213 @@
+"""``Model``: a mapped GGUF file, its config, preallocated run state and the KV cache.
+
+    model = Model.open("smollm2.gguf", n_ctx=2048)
+    logits = model.eval([504, 3575, 282])   # prefill; returns the last token's logits
+    logits = model.eval([4649])             # decode one more token
+
+Weights are never copied: the compiled forward step reads them straight from the
+mapping. All buffers are allocated here, once; ``eval`` allocates nothing per token.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from cpullm import quants
+from cpullm.config import ModelConfig
+from cpullm.errors import ConfigError, CpullmError
+from cpullm.gguf.constants import GGMLType, Keys
+from cpullm.gguf.reader import GGUFFile
+from cpullm.kernels.forward import LAYER_MATRICES, N_DIMS, forward
+from cpullm.kernels.tables import half_tables
+
+DEFAULT_BATCH = 64  # prompt tokens per compiled call during prefill
+
+
+def _check_shape(f: GGUFFile, name: str, shape: tuple[int, ...]) -> None:
+    got = f.info(name).shape
+    if got != shape:
+        raise ConfigError(
+            f"tensor {name!r} has shape {list(got)}, but the model config needs {list(shape)}"
+        )
+
+
+class Model:
+    """A llama-architecture model ready to run. See the module docstring."""
+
+    def __init__(
+        self,
+        gguf: GGUFFile,
+        n_ctx: int | None = None,
+        n_threads: int | None = None,
+        n_batch: int = DEFAULT_BATCH,
+    ) -> None:
+        self.file = gguf
+        md = gguf.metadata
+        if "token_embd.weight" not in gguf.tensors:
+            raise ConfigError(f"{gguf.path.name} has no tensor 'token_embd.weight'")
+        vocab = gguf.info("token_embd.weight").shape[0]
+        cfg = ModelConfig.from_metadata(md, vocab_size=vocab)
+        self.config = cfg
+        self.n_ctx = min(n_ctx or cfg.context_length, cfg.context_length)
+        if self.n_ctx <= 0:
+            raise CpullmError(f"context size must be positive, got {n_ctx}")
+        self.n_batch = max(1, min(n_batch, self.n_ctx))
+        self.n_threads = n_threads
+        self._validate_and_index()
+        self._allocate()
+        self.n_past = 0
+        self._tokenizer = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, **kw) -> Model:
+        """Map and validate a GGUF file, then build the model."""
+        return cls(GGUFFile(path), **kw)
+
+    # -- set-up ------------------------------------------------------------------
+    def _validate_and_index(self) -> None:
+        f, c = self.file, self.config
+        _check_shape(f, "token_embd.weight", (c.vocab_size, c.dim))
+        self.tied = "output.weight" not in f.tensors
+        head_name = "token_embd.weight" if self.tied else "output.weight"
+        _check_shape(f, head_name, (c.vocab_size, c.dim))
+        _check_shape(f, "output_norm.weight", (c.dim,))
+        shapes = {
+            "attn_q": (c.q_dim, c.dim),
+            "attn_k": (c.kv_dim, c.dim),
+            "attn_v": (c.kv_dim, c.dim),
+            "attn_output": (c.dim, c.q_dim),
+            "ffn_gate": (c.ffn_dim, c.dim),
+            "ffn_up": (c.ffn_dim, c.dim),
+            "ffn_down": (c.dim, c.ffn_dim),
+        }
+        self.mats = np.zeros((c.n_layers, len(LAYER_MATRICES), 2), dtype=np.int64)
+        self.norms = np.zeros((c.n_layers, 2, c.dim), dtype=np.float32)
+        for layer in range(c.n_layers):
+            for i, m in enumerate(LAYER_MATRICES):
+                name = f"blk.{layer}.{m}.weight"
+                _check_shape(f, name, shapes[m])
+                t = f.info(name)
+                self.mats[layer, i] = (t.offset, int(t.qtype))
+            for i, m in enumerate(("attn_norm", "ffn_norm")):
+                name = f"blk.{layer}.{m}.weight"
+                _check_shape(f, name, (c.dim,))
+                self.norms[layer, i] = self._vector(name)
+        self.out_norm = self._vector("output_norm.weight")
+        e = f.info("token_embd.weight")
+        h = f.info(head_name)
+        self.embd = np.array([e.offset, int(e.qtype)], dtype=np.int64)
+        self.head = np.array([h.offset, int(h.qtype)], dtype=np.int64)
+        self.weight_types = sorted({f.info(n).qtype.name for n in f.tensors})
+
+    def _vector(self, name: str) -> np.ndarray:
+        t = self.file.info(name)
+        return quants.dequantize(self.file.raw(name).reshape(-1), t.qtype, t.n_elements)
+
+    def _allocate(self) -> None:
+        c, B = self.config, self.n_batch
+        self.dims = np.array(
+            [c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim, c.vocab_size,
+             c.rope_dim, c.sliding_window],
+            dtype=np.int64,
+        )
+        assert len(self.dims) == N_DIMS
+        half = c.rope_dim // 2
+        self.inv_freq = c.rope_theta ** (-np.arange(half, dtype=np.float64) * 2 / c.rope_dim)
+        self.lut = half_tables()
+        f32 = np.float32
+        kv_shape = (c.n_layers, c.n_kv_heads, self.n_ctx, c.head_dim)
+        self.k_cache = np.zeros(kv_shape, dtype=f32)
+        self.v_cache = np.zeros(kv_shape, dtype=f32)
+        maxcols = max(c.dim, c.q_dim, c.ffn_dim)
+        self.x = np.zeros((B, c.dim), f32)
+        self.xn = np.zeros((B, c.dim), f32)
+        self.qb = np.zeros((B, c.q_dim), f32)
+        self.ao = np.zeros((B, c.q_dim), f32)
+        self.kb = np.zeros((B, c.kv_dim), f32)
+        self.vb = np.zeros((B, c.kv_dim), f32)
+        self.gb = np.zeros((B, c.ffn_dim), f32)
+        self.ub = np.zeros((B, c.ffn_dim), f32)
+        self.xq = np.zeros((B, maxcols), np.int8)
+        self.xd = np.zeros((B, maxcols // 32), f32)
+        self.xs = np.zeros((B, maxcols // 32), f32)
+        self.att = np.zeros((c.n_heads, self.n_ctx), f32)
+        self.logits = np.zeros((B, c.vocab_size), f32)
+        self._tokens = np.zeros(B, np.int64)
+
+    # -- running -----------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the context (the cache is overwritten lazily)."""
+        self.n_past = 0
+
+    def eval(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
+        """Append ``tokens`` to the context and run them.
+
+        Returns the last token's logits (vocab,), or (len(tokens), vocab) with
+        ``all_logits``. The returned array is a view of an internal buffer that the
+        next call overwrites: copy it to keep it."""
+        toks = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        n = len(toks)
+        if n == 0:
+            raise CpullmError("eval needs at least one token")
+        if toks.min() < 0 or toks.max() >= self.config.vocab_size:
+            bad = int(toks[(toks < 0) | (toks >= self.config.vocab_size)][0])
+            raise CpullmError(f"token id {bad} is outside the vocabulary (0..{self.config.vocab_size - 1})")
+        if self.n_past + n > self.n_ctx:
+            raise CpullmError(
+                f"context is full: {self.n_past} + {n} tokens exceed the context size {self.n_ctx}"
+            )
+        self._set_threads()
+        out = np.empty((n, self.config.vocab_size), np.float32) if all_logits else None
+        for start in range(0, n, self.n_batch):
+            chunk = toks[start : start + self.n_batch]
+            T = len(chunk)
+            self._tokens[:T] = chunk
+            forward(
+                self._tokens, T, self.n_past, self.file.data, self.lut, self.mats, self.norms,
+                self.out_norm, self.embd, self.head, self.dims, np.float32(self.config.rms_eps),
+                self.inv_freq, self.k_cache, self.v_cache, self.x, self.xn, self.qb, self.kb,
+                self.vb, self.ao, self.gb, self.ub, self.xq, self.xd, self.xs, self.att,
+                self.logits, all_logits,
+            )
+            self.n_past += T
+            if out is not None:
+                out[start : start + T] = self.logits[:T]
+        return out if out is not None else self.logits[0]
+
+    def _set_threads(self) -> None:
+        if self.n_threads:
+            import numba
+
+            numba.set_num_threads(min(self.n_threads, numba.config.NUMBA_NUM_THREADS))
+
+    @property
+    def tokenizer(self):
+        """The tokenizer stored in the file (built on first use)."""
+        if self._tokenizer is None:
+            from cpullm.tokenizer import Tokenizer
+
+            self._tokenizer = Tokenizer.from_metadata(self.file.metadata)
+        return self._tokenizer
+
+    @property
+    def metadata(self) -> dict:
+        return self.file.metadata
+
+    def n_params(self) -> int:
+        return sum(t.n_elements for t in self.file.tensors.values())
+
+    def file_type_summary(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for t in self.file.tensors.values():
+            counts[t.qtype.name] = counts.get(t.qtype.name, 0) + 1
+        return counts
+
+
+def chat_template(model: Model) -> str | None:
+    return model.metadata.get(Keys.CHAT_TEMPLATE)
+
+
+__all__ = ["Model", "GGMLType"]

@@ -1,0 +1,121 @@
+"""Byte-level BPE (``tokenizer.ggml.model == "gpt2"``) run by tiktoken.
+
+GGUF stores GPT-2 style vocabularies: every byte is shown as one printable unicode
+character (space -> "Ġ", newline -> "Ċ", ...), and merges are "left right" pairs in
+priority order. tiktoken wants ``bytes -> rank`` where a lower rank merges first, so:
+
+* ranks 0..255 are the 256 single bytes (their order never matters: a rank is only
+  consulted for the concatenation of two parts, which is at least two bytes long);
+* then each merge, in merge order, gives its result the next rank (the first merge
+  producing a given byte string wins).
+
+A numpy table maps rank -> GGUF token id.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import tiktoken
+
+from cpullm.errors import TokenizerError
+from cpullm.gguf.constants import TokenType
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1))
+    bs += list(range(0xAE, 0xFF + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+BYTE_TO_UNICODE: dict[int, str] = _bytes_to_unicode()
+# str.translate table: byte-level character -> the character whose code is the byte value
+_TO_LATIN1 = {ord(c): b for b, c in BYTE_TO_UNICODE.items()}
+# any character outside the 256 byte-level characters
+_NOT_BYTE_LEVEL = re.compile(
+    "[^" + "".join(re.escape(c) for c in BYTE_TO_UNICODE.values()) + "]"
+)
+
+
+def byte_level_decode(token: str) -> bytes | None:
+    """Bytes of a byte-level token string, or None if it holds a non byte-level char."""
+    if _NOT_BYTE_LEVEL.search(token):
+        return None
+    return token.translate(_TO_LATIN1).encode("latin-1")
+
+
+def token_bytes_table(tokens: list[str], types: np.ndarray) -> list[bytes]:
+    """Raw bytes of each token: byte-level decoded for normal tokens; control,
+    user-defined and unknown tokens are stored as plain text (llama.cpp convention)."""
+    raw_types = (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN)
+    raw = np.isin(types, raw_types)
+    out: list[bytes] = []
+    for i, tok in enumerate(tokens):
+        b = None if raw[i] else byte_level_decode(tok)
+        out.append(tok.encode("utf-8") if b is None else b)
+    return out
+
+
+class ByteLevelBPE:
+    """Encodes text without special tokens into GGUF ids through a tiktoken Encoding."""
+
+    def __init__(
+        self,
+        tokens: list[str],
+        types: np.ndarray,
+        merges: list[str],
+        tok_bytes: list[bytes],
+        pat_str: str,
+        unk_id: int | None,
+        name: str = "cpullm-bpe",
+    ) -> None:
+        tok2id = {t: i for i, t in enumerate(tokens)}
+        is_control = (types == TokenType.CONTROL).tolist()
+        ranks: dict[bytes, int] = {}
+        rank2id: list[int] = []
+        # 256 single bytes
+        for b in range(256):
+            tid = tok2id.get(BYTE_TO_UNICODE[b])
+            if tid is None or is_control[tid]:
+                tid = -1 if unk_id is None else unk_id
+            ranks[bytes((b,))] = b
+            rank2id.append(tid)
+        # merge results in merge order
+        for k, m in enumerate(merges):
+            parts = m.split(" ")
+            if len(parts) != 2:
+                raise TokenizerError(f"tokenizer.ggml.merges[{k}]={m!r} is not 'left right'")
+            tid = tok2id.get(parts[0] + parts[1])
+            if tid is None or is_control[tid]:
+                # HF refuses such a file; we just never produce that token
+                continue
+            bts = tok_bytes[tid]
+            if bts not in ranks:
+                ranks[bts] = len(rank2id)
+                rank2id.append(tid)
+        self.rank2id = np.asarray(rank2id, dtype=np.int64)
+        self._has_missing = bool((self.rank2id < 0).any())
+        try:
+            self.enc = tiktoken.Encoding(
+                name, pat_str=pat_str, mergeable_ranks=ranks, special_tokens={}
+            )
+        except Exception as e:  # tiktoken raises ValueError for a bad regex
+            raise TokenizerError(f"cannot build the BPE encoder: {e}") from e
+
+    def encode(self, text: str) -> list[int]:
+        if not text:
+            return []
+        ranks = self.enc.encode_ordinary(text)
+        ids = self.rank2id[np.asarray(ranks, dtype=np.int64)]
+        if self._has_missing:
+            ids = ids[ids >= 0]
+        return ids.tolist()
