@@ -154,7 +154,9 @@ class Model:
             raise CpullmError("eval needs at least one token")
         if toks.min() < 0 or toks.max() >= self.config.vocab_size:
             bad = int(toks[(toks < 0) | (toks >= self.config.vocab_size)][0])
-            raise CpullmError(f"token id {bad} is outside the vocabulary (0..{self.config.vocab_size - 1})")
+            raise CpullmError(
+                f"token id {bad} is outside the vocabulary (0..{self.config.vocab_size - 1})"
+            )
         if self.n_past + n > self.n_ctx:
             raise CpullmError(
                 f"context is full: {self.n_past} + {n} tokens exceed the context size {self.n_ctx}"

@@ -34,34 +34,38 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
+    return {b: chr(c) for b, c in zip(bs, cs, strict=True)}
 
 
 BYTE_TO_UNICODE: dict[int, str] = _bytes_to_unicode()
 # str.translate table: byte-level character -> the character whose code is the byte value
 _TO_LATIN1 = {ord(c): b for b, c in BYTE_TO_UNICODE.items()}
 # any character outside the 256 byte-level characters
+# (NUL, used below as a separator, is let through)
 _NOT_BYTE_LEVEL = re.compile(
-    "[^" + "".join(re.escape(c) for c in BYTE_TO_UNICODE.values()) + "]"
+    "[^\\x00" + "".join(re.escape(c) for c in BYTE_TO_UNICODE.values()) + "]"
 )
-
-
-def byte_level_decode(token: str) -> bytes | None:
-    """Bytes of a byte-level token string, or None if it holds a non byte-level char."""
-    if _NOT_BYTE_LEVEL.search(token):
-        return None
-    return token.translate(_TO_LATIN1).encode("latin-1")
 
 
 def token_bytes_table(tokens: list[str], types: np.ndarray) -> list[bytes]:
     """Raw bytes of each token: byte-level decoded for normal tokens; control,
-    user-defined and unknown tokens are stored as plain text (llama.cpp convention)."""
-    raw_types = (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN)
-    raw = np.isin(types, raw_types)
+    user-defined and unknown tokens are stored as plain text (llama.cpp convention), and
+    so is any token holding a character outside the byte-level alphabet."""
+    raw = np.isin(types, (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN))
+    # translate all tokens in one C call; "\x00" (not a byte-level char) separates them
+    joined = "\x00".join(tokens)
+    pieces = joined.translate(_TO_LATIN1).split("\x00")
+    bad = raw.copy()
+    if len(pieces) != len(tokens):  # a token holds a raw NUL: go one by one
+        pieces = [t.translate(_TO_LATIN1) for t in tokens]
+        bad |= np.array(["\x00" in t for t in tokens], dtype=bool)
+    hits = [m.start() for m in _NOT_BYTE_LEVEL.finditer(joined)]
+    if hits:
+        ends = np.cumsum([len(t) + 1 for t in tokens])
+        bad[np.searchsorted(ends, np.asarray(hits), side="right")] = True
     out: list[bytes] = []
-    for i, tok in enumerate(tokens):
-        b = None if raw[i] else byte_level_decode(tok)
-        out.append(tok.encode("utf-8") if b is None else b)
+    for tok, piece, b in zip(tokens, pieces, bad.tolist(), strict=True):
+        out.append(tok.encode("utf-8") if b else piece.encode("latin-1"))
     return out
 
 
@@ -89,12 +93,21 @@ class ByteLevelBPE:
                 tid = -1 if unk_id is None else unk_id
             ranks[bytes((b,))] = b
             rank2id.append(tid)
-        # merge results in merge order
-        for k, m in enumerate(merges):
-            parts = m.split(" ")
-            if len(parts) != 2:
-                raise TokenizerError(f"tokenizer.ggml.merges[{k}]={m!r} is not 'left right'")
-            tid = tok2id.get(parts[0] + parts[1])
+        # merge results in merge order. Byte-level merges hold exactly one literal space
+        # and no newline, so all "left right" -> "leftright" strings come from one C call.
+        joined = "\n".join(merges)
+        if joined.count(" ") == len(merges) and joined.count("\n") == len(merges) - 1:
+            concat = joined.replace(" ", "").split("\n") if merges else []
+        else:
+            concat = []
+            for k, m in enumerate(merges):
+                parts = m.split(" ")
+                if len(parts) != 2:
+                    raise TokenizerError(f"tokenizer.ggml.merges[{k}]={m!r} is not 'left right'")
+                concat.append(parts[0] + parts[1])
+        get = tok2id.get
+        for c in concat:
+            tid = get(c)
             if tid is None or is_control[tid]:
                 # HF refuses such a file; we just never produce that token
                 continue

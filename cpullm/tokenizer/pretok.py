@@ -16,9 +16,7 @@ GPT2 = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S
 # space can join a digit), and a digit ends the preceding split, so the whitespace
 # lookahead `\s+(?!\S)` must accept a following digit as "end of piece":
 # `(?![^\s\p{N}])`. E.g. "a   5" -> "a", "   ", "5" (not "a", "  ", " ", "5").
-SMOLLM = (
-    r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
-)
+SMOLLM = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
 
 # Llama 3 (== tiktoken cl100k_base).
 LLAMA3 = (

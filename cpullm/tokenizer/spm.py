@@ -35,7 +35,7 @@ class SentencePieceBPE:
         self.scores: dict[str, float] = {}
         self.byte_ids: list[int | None] = [None] * 256
         unused: set[str] = set()
-        for i, (tok, ty) in enumerate(zip(tokens, types_l)):
+        for i, (tok, ty) in enumerate(zip(tokens, types_l, strict=True)):
             if ty == TokenType.BYTE:
                 m = BYTE_TOKEN.fullmatch(tok)
                 if m is not None and self.byte_ids[int(m.group(1), 16)] is None:
@@ -52,7 +52,9 @@ class SentencePieceBPE:
         # start of a "▁..." word, so words are encoded (and cached) independently.
         inner_space = re.compile("[^" + SPACE + "]" + SPACE)
         splittable = not any(inner_space.search(p) for p in self.pieces)
-        self._word_split = re.compile("(?<=[^" + SPACE + "])(?=" + SPACE + ")") if splittable else None
+        self._word_split = (
+            re.compile("(?<=[^" + SPACE + "])(?=" + SPACE + ")") if splittable else None
+        )
         self._cache: dict[str, list[int]] = {}
 
     def encode(self, text: str) -> list[int]:

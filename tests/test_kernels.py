@@ -1,0 +1,136 @@
+"""Every numba kernel against its numpy twin in cpullm.reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cpullm import quants, reference
+from cpullm.gguf import GGMLType
+from cpullm.kernels import ops
+from cpullm.kernels.matmul import dequant_row, matmul
+from cpullm.kernels.quant import quantize_rows_q8
+from cpullm.kernels.tables import half_tables
+
+LUT = half_tables()
+ALL_TYPES = [GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0,
+             GGMLType.Q4_1]
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def test_half_tables_match_numpy():
+    bits = np.arange(65536, dtype=np.uint16)
+    f16 = bits.view(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(LUT[0], f16)
+    np.testing.assert_array_equal(LUT[1], quants.dequantize(bits.view(np.uint8), GGMLType.BF16))
+
+
+@pytest.mark.parametrize("T", [1, 3])
+def test_quantize_rows_q8_bit_exact(T):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((T, 128)) * rng.uniform(0.01, 100, (T, 1))).astype(np.float32)
+    x[0, :32] = 0.0  # an all-zero block
+    x[-1, 40] = 1e4  # an outlier
+    q = np.zeros((4, 256), np.int8)
+    d = np.zeros((4, 8), np.float32)
+    s = np.zeros((4, 8), np.float32)
+    quantize_rows_q8(x, T, 128, q, d, s)
+    rq, rd, rs = reference.q8_activations(x)
+    np.testing.assert_array_equal(q[:T, :128], rq)
+    np.testing.assert_array_equal(d[:T, :4], rd)
+    np.testing.assert_allclose(s[:T, :4], rs, rtol=1e-6)
+    assert (q[T:] == 0).all(), "rows past T must not be touched"
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("T", [1, 5])
+def test_matmul_matches_twin(qtype, T):
+    rng = np.random.default_rng(int(qtype) * 10 + T)
+    rows, cols = 48, 96
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    raw = quants.quantize(w, qtype)
+    pad = 64  # the weight sits at an offset inside a larger buffer, like in a file
+    data = np.concatenate([np.zeros(pad, np.uint8), raw.reshape(-1), np.zeros(7, np.uint8)])
+    x = rng.standard_normal((T, cols)).astype(np.float32)
+    xq = np.zeros((T, cols), np.int8)
+    xd = np.zeros((T, cols // 32), np.float32)
+    xs = np.zeros((T, cols // 32), np.float32)
+    quantize_rows_q8(x, T, cols, xq, xd, xs)
+    out = np.zeros((T, rows), np.float32)
+    matmul(data, pad, int(qtype), rows, cols, T, xq, xd, xs, x, LUT, out)
+    wdq = quants.dequantize(raw, qtype, cols).astype(np.float64)
+    ref = reference.linear(wdq, qtype, x.astype(np.float32))
+    assert rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
+def test_dequant_row_matches_quants(qtype):
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((6, 64)).astype(np.float32)
+    raw = quants.quantize(w, qtype)
+    data = np.concatenate([np.zeros(32, np.uint8), raw.reshape(-1)])
+    out = np.zeros(64, np.float32)
+    for r in range(6):
+        dequant_row(data, 32, int(qtype), 64, r, LUT, out)
+        np.testing.assert_allclose(out, quants.dequantize(raw[r], qtype, 64), rtol=1e-6,
+                                   atol=1e-7)
+
+
+def test_rmsnorm_matches_twin():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 64)).astype(np.float32) * 5
+    w = rng.standard_normal(64).astype(np.float32)
+    out = np.zeros_like(x)
+    ops.rmsnorm(x, 2, w, 1e-5, out)
+    ref = reference.rmsnorm(x[:2].astype(np.float64), w, 1e-5)
+    assert rel_err(out[:2], ref) < 1e-6
+    assert (out[2] == 0).all()
+
+
+@pytest.mark.parametrize("rope_dim", [16, 8])
+def test_rope_matches_twin(rope_dim):
+    rng = np.random.default_rng(5)
+    T, H, hd = 4, 3, 16
+    x = rng.standard_normal((T, H * hd)).astype(np.float32)
+    inv_freq = 10000.0 ** (-np.arange(rope_dim // 2) * 2.0 / rope_dim)
+    y = x.copy()
+    ops.rope(y, T, H, hd, rope_dim, 7, inv_freq)
+    ref = reference.rope(x.astype(np.float64), np.arange(7, 7 + T, dtype=np.float64), hd,
+                         rope_dim, 10000.0)
+    assert rel_err(y, ref) < 1e-6
+    if rope_dim < hd:  # dimensions past rope_dim are untouched
+        xh, yh = x.reshape(T, H, hd), y.reshape(T, H, hd)
+        np.testing.assert_array_equal(xh[..., rope_dim:], yh[..., rope_dim:])
+
+
+@pytest.mark.parametrize("window", [0, 3])
+def test_attention_matches_twin(window):
+    rng = np.random.default_rng(6)
+    L, H, KV, hd, ctx = 2, 4, 2, 8, 16
+    pos0, T = 5, 4
+    kc = np.zeros((L, KV, ctx, hd), np.float32)
+    vc = np.zeros((L, KV, ctx, hd), np.float32)
+    S = pos0 + T
+    k = rng.standard_normal((S, KV * hd)).astype(np.float32)
+    v = rng.standard_normal((S, KV * hd)).astype(np.float32)
+    ops.store_kv(k, v, S, 1, 0, KV, hd, kc, vc)
+    q = rng.standard_normal((T, H * hd)).astype(np.float32)
+    out = np.zeros((T, H * hd), np.float32)
+    att = np.zeros((H, ctx), np.float32)
+    ops.attention(q, T, 1, pos0, H, KV, hd, window, kc, vc, att, out)
+    positions = np.arange(pos0, pos0 + T)
+    ref = reference.attention(q.astype(np.float64), k.astype(np.float64),
+                              v.astype(np.float64), positions, np.arange(S), H, KV, hd, window)
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_swiglu_matches_twin():
+    rng = np.random.default_rng(7)
+    g = rng.standard_normal((2, 40)).astype(np.float32) * 4
+    u = rng.standard_normal((2, 40)).astype(np.float32)
+    ref = reference.swiglu(g.astype(np.float64), u)
+    ops.swiglu(g, u, 2, 40)
+    assert rel_err(g, ref) < 1e-6

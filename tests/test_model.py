@@ -1,0 +1,131 @@
+"""The compiled forward pass against the float64 numpy reference on tiny random models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tinymodel import QUANTIZED, make_tiny_gguf
+
+from cpullm import reference
+from cpullm.errors import ConfigError, CpullmError
+from cpullm.gguf import GGMLType, GGUFFile
+from cpullm.model import Model
+
+ALL_TYPES = [GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0,
+             GGMLType.Q4_1]
+SHAPES = {
+    "gqa": dict(n_heads=4, n_kv_heads=2),
+    "head_dim": dict(n_heads=4, n_kv_heads=1, head_dim=32, tied=True),  # q_dim 128 != dim 64
+    "partial_rope": dict(n_heads=2, n_kv_heads=2, rope_dim=16, rope_theta=1e6),
+    "wide": dict(dim=128, n_heads=4, n_kv_heads=4, ffn_dim=256, seed=5),
+}
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    """Worst relative error over positions: ||a_t - b_t|| / ||b_t|| per row of logits."""
+    a, b = np.atleast_2d(a), np.atleast_2d(b)
+    return float((np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)).max())
+
+
+def assert_matches(logits: np.ndarray, ref: np.ndarray, margins: list) -> None:
+    """Every position within 1e-3 of the float64 reference, except positions at or after
+    an int8 rounding tie (the reference saw some x/d within 2e-5 of k + 0.5, where float32
+    and float64 may legitimately round apart); those are few and bounded."""
+    err = np.array([rel_err(a, b) for a, b in zip(logits, ref, strict=True)])
+    near = np.min(np.stack(margins), axis=0) < 2e-5 if margins else np.zeros(len(err), bool)
+    tainted = np.cumsum(near) > 0
+    bad = (err >= 1e-3) & ~tainted
+    assert not bad.any(), f"positions {np.flatnonzero(bad)} off by {err[bad]} with no rounding tie"
+    assert err.max() < 5e-2
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return [int(t) for t in np.random.default_rng(1).integers(0, 128, 24)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
+def test_prefill_and_decode_match_reference(tmp_path, tokens, qtype, shape):
+    f = GGUFFile(make_tiny_gguf(tmp_path / "m.gguf", qtype, **SHAPES[shape]))
+    margins: list = []
+    ref = reference.forward(f, tokens, margins)
+    model = Model(f, n_batch=8)  # 24 tokens: three prefill chunks
+    prefill = model.eval(tokens, all_logits=True)
+    assert_matches(prefill, ref, margins)
+    if qtype not in QUANTIZED:
+        assert rel_err(prefill, ref) < 1e-3  # no int8 activations: no ties to excuse
+    last = model.eval(tokens[:1]).copy()  # one more token after the prompt
+    model.reset()
+    decode = np.stack([model.eval([t]).copy() for t in tokens])
+    assert_matches(decode, ref, margins)
+    # a prefill that returns only the last logits agrees with the full one
+    model.reset()
+    np.testing.assert_allclose(model.eval(tokens), prefill[-1], rtol=1e-5, atol=1e-5)
+    assert model.n_past == len(tokens)
+    margins = []
+    ref_next = reference.forward(f, tokens + tokens[:1], margins)
+    assert_matches(np.vstack([prefill, last]), ref_next, margins)
+
+
+def test_sliding_window_matches_reference(tmp_path, tokens):
+    f = GGUFFile(make_tiny_gguf(tmp_path / "w.gguf", GGMLType.Q8_0, sliding_window=5))
+    margins: list = []
+    ref = reference.forward(f, tokens, margins)
+    full = reference.forward(GGUFFile(make_tiny_gguf(tmp_path / "f.gguf", GGMLType.Q8_0)),
+                             tokens)
+    assert rel_err(full, ref) > 1e-2, "the window must change the result"
+    model = Model(f, n_batch=4)
+    assert_matches(model.eval(tokens, all_logits=True), ref, margins)
+
+
+def test_context_full_is_an_error(tmp_path):
+    model = Model.open(make_tiny_gguf(tmp_path / "m.gguf", context_length=16))
+    assert model.n_ctx == 16
+    model.eval(list(range(10)))
+    with pytest.raises(CpullmError, match="context is full"):
+        model.eval(list(range(7)))
+    assert model.n_past == 10, "a refused eval leaves the context as it was"
+
+
+def test_token_out_of_vocab_is_an_error(tmp_path):
+    model = Model.open(make_tiny_gguf(tmp_path / "m.gguf", vocab=128))
+    with pytest.raises(CpullmError, match="outside the vocabulary"):
+        model.eval([5, 128])
+
+
+def test_shape_mismatch_names_the_tensor(tmp_path):
+    path = make_tiny_gguf(tmp_path / "m.gguf")
+    # make the file claim more heads than attn_q has rows
+    from cpullm.gguf import write_gguf
+
+    f = GGUFFile(path)
+    md = dict(f.metadata)
+    md["llama.attention.head_count"] = 8
+    md["llama.attention.head_count_kv"] = 8
+    tensors = {n: (t.qtype, t.shape, f.raw(n)) for n, t in f.tensors.items()}
+    bad = write_gguf(tmp_path / "bad.gguf", md, tensors)
+    with pytest.raises(ConfigError, match="blk.0.attn_k.weight"):
+        Model.open(bad)
+
+
+def test_missing_output_falls_back_to_token_embd(tmp_path, tokens):
+    f = GGUFFile(make_tiny_gguf(tmp_path / "t.gguf", GGMLType.Q4_0, tied=True))
+    assert "output.weight" not in f.tensors
+    model = Model(f)
+    assert model.tied
+    margins: list = []
+    ref = reference.forward(f, tokens[:6], margins)
+    assert_matches(model.eval(tokens[:6], all_logits=True), ref, margins)
+
+
+def test_unsupported_architecture(tmp_path):
+    path = make_tiny_gguf(tmp_path / "m.gguf")
+    from cpullm.gguf import write_gguf
+
+    f = GGUFFile(path)
+    md = dict(f.metadata)
+    md["general.architecture"] = "gpt2"
+    tensors = {n: (t.qtype, t.shape, f.raw(n)) for n, t in f.tensors.items()}
+    with pytest.raises(ConfigError, match="architecture 'gpt2' is not supported"):
+        Model.open(write_gguf(tmp_path / "bad.gguf", md, tensors))
