@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ from cpullm.gguf.constants import (
 
 _MAX_KEY_LEN = 1 << 16
 _MAX_NAME_LEN = 1 << 12
+_INT64_MAX = (1 << 63) - 1  # ggml stores dims and element counts as int64
+_U64 = struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
@@ -88,19 +91,49 @@ class _Cursor:
         return self.scalar("<I", what)
 
     def u64(self, what: str) -> int:
-        return self.scalar("<Q", what)
+        self.need(8, what)
+        (v,) = _U64.unpack_from(self.buf, self.pos)
+        self.pos += 8
+        return v
 
     def string(self, what: str, max_len: int | None = None) -> str:
         n = self.u64(f"length of {what}")
         if max_len is not None and n > max_len:
             raise GGUFError(f"{what} is {n} bytes long, more than the limit of {max_len}")
         self.need(n, what)
-        raw = bytes(self.buf[self.pos : self.pos + n])
-        self.pos += n
         try:
-            return raw.decode("utf-8")
+            s = str(self.buf[self.pos : self.pos + n], "utf-8")
         except UnicodeDecodeError as e:
             raise GGUFError(f"{what} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        self.pos += n
+        return s
+
+    def string_array(self, count: int, key: str) -> list[str]:
+        """``count`` strings, each a u64 length then UTF-8 bytes (a tokenizer's vocabulary:
+        the hot loop of opening a file, so the checks of :meth:`string` are inlined)."""
+        buf, size, pos = self.buf, self.size, self.pos
+        unpack = _U64.unpack_from
+        out: list[str] = []
+        append = out.append
+        for i in range(count):
+            end = pos + 8
+            if end > size:
+                self.pos = pos
+                self.need(8, f"length of element {i} of {key!r}")
+            (n,) = unpack(buf, pos)
+            pos, end = end, end + n
+            if end > size:
+                self.pos = pos
+                self.need(n, f"element {i} of {key!r}")
+            try:
+                append(str(buf[pos:end], "utf-8"))
+            except UnicodeDecodeError as e:
+                raise GGUFError(
+                    f"element {i} of {key!r} is not valid UTF-8 ({e.reason} at byte {e.start})"
+                ) from None
+            pos = end
+        self.pos = pos
+        return out
 
 
 def _value_type(code: int, what: str) -> ValueType:
@@ -123,11 +156,16 @@ def _read_value(cur: _Cursor, vtype: ValueType, key: str, depth: int = 0) -> Any
     if etype == ValueType.STRING or etype == ValueType.ARRAY:
         # each element takes at least 8 bytes (its length or its header)
         cur.need(count * 8, f"array {key!r} of {count} elements")
+        if etype == ValueType.STRING:
+            return cur.string_array(count, key)
         return [_read_value(cur, etype, key, depth + 1) for _ in range(count)]
     dtype = np.dtype(SCALAR_DTYPES[etype])
     nbytes = count * dtype.itemsize
     cur.need(nbytes, f"array {key!r} of {count} elements")
-    arr = np.frombuffer(cur.buf, dtype=dtype, count=count, offset=cur.pos)
+    if count == 0:  # some numpy versions refuse an offset at the very end of the buffer
+        arr = np.empty(0, dtype=dtype)
+    else:
+        arr = np.frombuffer(cur.buf, dtype=dtype, count=count, offset=cur.pos)
     cur.pos += nbytes
     return arr.astype(bool) if etype == ValueType.BOOL else arr
 
@@ -144,6 +182,12 @@ class GGUFFile:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         try:
+            # a FIFO or a device would block open() or has no size: refuse all but plain files
+            mode = os.stat(self.path).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError
+            if not stat.S_ISREG(mode):
+                raise GGUFError(f"{self.path} is not a regular file, not a GGUF file")
             with open(self.path, "rb") as f:
                 self.file_size = os.fstat(f.fileno()).st_size
                 if self.file_size == 0:
@@ -155,6 +199,8 @@ class GGUFFile:
             raise GGUFError(f"{self.path} is a directory, not a GGUF file") from None
         except PermissionError:
             raise GGUFError(f"permission denied reading {self.path}") from None
+        except (OSError, ValueError) as e:  # not a directory, name too long, unmappable file...
+            raise GGUFError(f"cannot open {self.path} as a GGUF file: {e}") from None
         self.data = np.frombuffer(self._mmap, dtype=np.uint8)  # (file_size,) zero-copy
         self.metadata: dict[str, Any] = {}
         self.tensors: dict[str, TensorInfo] = {}
@@ -172,6 +218,12 @@ class GGUFFile:
         cur.pos = 4
         self.version = cur.u32("version")
         if self.version not in SUPPORTED_VERSIONS:
+            swapped = int.from_bytes(self.version.to_bytes(4, "little"), "big")
+            if swapped in SUPPORTED_VERSIONS:
+                raise GGUFError(
+                    f"{self.path} is a big-endian GGUF (version {swapped}); cpullm reads "
+                    f"little-endian files only"
+                )
             raise GGUFError(
                 f"GGUF version {self.version} is not supported (supported: {SUPPORTED_VERSIONS})"
             )
@@ -180,9 +232,15 @@ class GGUFFile:
         # a key/value takes at least 8 (key length) + 4 (type) + 1 bytes; a tensor info
         # at least 8 (name length) + 4 (n_dims) + 8 (one dim) + 4 (type) + 8 (offset)
         if n_kv * 13 > self.file_size - cur.pos:
-            raise GGUFError(f"metadata count {n_kv} cannot fit in a {self.file_size}-byte file")
+            raise GGUFError(
+                f"file is truncated or corrupt: metadata count {n_kv} cannot fit in a "
+                f"{self.file_size}-byte file"
+            )
         if n_tensors * 32 > self.file_size - cur.pos:
-            raise GGUFError(f"tensor count {n_tensors} cannot fit in a {self.file_size}-byte file")
+            raise GGUFError(
+                f"file is truncated or corrupt: tensor count {n_tensors} cannot fit in a "
+                f"{self.file_size}-byte file"
+            )
 
         for i in range(n_kv):
             key = cur.string(f"key of metadata entry {i}", _MAX_KEY_LEN)
@@ -199,7 +257,9 @@ class GGUFFile:
     def _alignment(self) -> int:
         a = self.metadata.get(Keys.ALIGNMENT, DEFAULT_ALIGNMENT)
         if isinstance(a, bool) or not isinstance(a, int):
-            raise GGUFError(f"{Keys.ALIGNMENT} must be an integer, got {a!r}")
+            raise GGUFError(
+                f"{Keys.ALIGNMENT} must be an integer, got {type(a).__name__} {repr(a)[:40]}"
+            )
         if a <= 0 or a & (a - 1) or a > MAX_ALIGNMENT:
             raise GGUFError(
                 f"{Keys.ALIGNMENT} = {a} is not a power of two between 1 and {MAX_ALIGNMENT}"
@@ -230,6 +290,10 @@ class GGUFFile:
                 ) from None
             if any(d <= 0 for d in dims):
                 raise GGUFError(f"tensor {name!r} has a zero dimension: {list(dims)}")
+            if any(d > _INT64_MAX for d in dims):
+                raise GGUFError(
+                    f"tensor {name!r} has a dimension larger than int64 allows: {list(dims)}"
+                )
             bs, ts = BLOCK_LAYOUT[qtype]
             if dims[0] % bs:
                 raise GGUFError(
@@ -239,6 +303,10 @@ class GGUFFile:
             n = 1
             for d in dims:
                 n *= d
+            if n > _INT64_MAX:
+                raise GGUFError(
+                    f"tensor {name!r} has {n} elements (dims {list(dims)}), more than int64 allows"
+                )
             nbytes = n // bs * ts
             if rel % self.alignment:
                 raise GGUFError(
@@ -246,12 +314,13 @@ class GGUFFile:
                 )
             if rel + nbytes > data_size:
                 raise GGUFError(
-                    f"file is truncated or corrupt: tensor {name!r} needs bytes {rel}..{rel + nbytes}"
-                    f" of the data section, which has {max(data_size, 0)} bytes"
+                    f"file is truncated or corrupt: tensor {name!r} needs bytes "
+                    f"{rel}..{rel + nbytes} of the data section, which has "
+                    f"{max(data_size, 0)} bytes"
                 )
             self.tensors[name] = TensorInfo(name, dims, qtype, self.data_offset + rel, nbytes)
         spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in self.tensors.values())
-        for (_, end_a, name_a), (start_b, _, name_b) in zip(spans, spans[1:]):
+        for (_, end_a, name_a), (start_b, _, name_b) in zip(spans, spans[1:], strict=False):
             if start_b < end_a:
                 raise GGUFError(f"tensors {name_a!r} and {name_b!r} overlap in the file")
 
