@@ -1,4 +1,11 @@
-"""The real SmolLM2-135M-Instruct Q4_1 file against golden values from transformers.
+"""The real SmolLM2-135M-Instruct Q4_1 file against golden values from two independent
+implementations: llama.cpp and transformers.
+
+llama.cpp (``tests/golden/smollm2_llamacpp.json``, made by ``make_smollm2_llamacpp.py``
+with a locally built ``llama-server``) also multiplies int8-quantized activations, so its
+greedy ids are cpullm's exactly, except where llama.cpp itself is at a coin toss (top-2
+log-probabilities within ``LLAMACPP_TIE``): there cpullm must pick one of those two and the
+comparison ends.
 
 Golden values: ``tests/golden/smollm2_greedy.json``, made by
 ``tests/golden/make_smollm2_golden.py`` (transformers on CPU loading the same GGUF,
@@ -12,12 +19,17 @@ margin is below ``NEAR_TIE``, and there cpullm must pick transformers' runner-up
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-GOLDEN = json.loads((Path(__file__).parent / "golden" / "smollm2_greedy.json").read_text())
+HERE = Path(__file__).parent
+GOLDEN = json.loads((HERE / "golden" / "smollm2_greedy.json").read_text())
+LLAMACPP = json.loads((HERE / "golden" / "smollm2_llamacpp.json").read_text())
+LLAMACPP_TIE = 0.05  # log-probability gap under which llama.cpp's own choice is a coin toss
 NEAR_TIE = 0.5  # logits; cpullm's int8 activations move logits by up to ~0.5 here
 PROMPTS = [p["prompt"] for p in GOLDEN["prompts"]]
 
@@ -84,3 +96,48 @@ def test_greedy_ids_follow_reference(smollm2_model, prompt):
     smollm2_model.reset()
     full = smollm2_model.eval(g["prompt_ids"] + ours[:-1], all_logits=True)
     assert [int(i) for i in np.argmax(full[len(g["prompt_ids"]) - 1 :], axis=-1)] == ours
+
+
+def llamacpp(prompt: str) -> dict:
+    return next(p for p in LLAMACPP["prompts"] if p["prompt"] == prompt)
+
+
+def check_against_llamacpp(ours: list[int], g: dict) -> int:
+    """Identical ids up to llama.cpp's first coin toss; return how many were compared."""
+    for i, step in enumerate(g["steps"]):
+        if step["margin"] < LLAMACPP_TIE:
+            assert ours[i] in step["top2_ids"], f"step {i}: {ours[i]} not in {step['top2_ids']}"
+            return i
+        assert ours[i] == step["id"], (
+            f"step {i}: cpullm chose {ours[i]}, llama.cpp {step['id']} "
+            f"(llama.cpp margin {step['margin']:.3f}); ids so far {ours[:i + 1]}"
+        )
+    return len(g["steps"])
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_greedy_ids_equal_llamacpp(smollm2_model, prompt):
+    g = llamacpp(prompt)
+    assert g["prompt_ids"] == golden(prompt)["prompt_ids"]
+    ours = greedy(smollm2_model, g["prompt_ids"], len(g["generated_ids"]))
+    assert check_against_llamacpp(ours, g) >= 14
+
+
+def test_acceptance_cli_generate(smollm2_path):
+    """`cpullm generate FILE "The capital of France is" -n 20 --temperature 0` streams the
+    same 20 tokens llama.cpp picks on the same file."""
+    g = llamacpp("The capital of France is")
+    r = subprocess.run(
+        [sys.executable, "-m", "cpullm", "generate", str(smollm2_path), g["prompt"], "-n", "20",
+         "--temperature", "0", "--quiet"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(" Paris.")
+    from cpullm.gguf import read_metadata
+    from cpullm.tokenizer import Tokenizer
+
+    ids = Tokenizer.from_metadata(read_metadata(smollm2_path)).encode(r.stdout.removesuffix("\n"))
+    n = check_against_llamacpp(ids, g)
+    if n == len(g["steps"]):
+        assert r.stdout == g["generated_text"] + "\n"
