@@ -6,6 +6,17 @@
 
 Weights are never copied: the compiled forward step reads them straight from the
 mapping. All buffers are allocated here, once; ``eval`` allocates nothing per token.
+
+The KV cache has a fixed number of slots; position p lives in slot p % capacity.
+
+* Models with a native sliding window (Mistral 7B v0.1) get a rolling buffer of
+  ``window + n_batch - 1`` slots: positions keep growing, memory stays constant, and
+  nothing ever has to be dropped.
+* Other models get ``n_ctx`` slots. When they are full and ``auto_slide`` is on, the
+  oldest tokens after the first ``n_keep`` (the pinned prefix: a system prompt) are
+  dropped, the rest move down and their keys are re-rotated to their new positions
+  (:func:`cpullm.kernels.ops.shift_kv`), so a conversation goes on in constant memory.
+  With ``auto_slide`` off a full context is an error.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from cpullm.errors import ConfigError, CpullmError
 from cpullm.gguf.constants import GGMLType, Keys
 from cpullm.gguf.reader import GGUFFile
 from cpullm.kernels.forward import LAYER_MATRICES, N_DIMS, forward
+from cpullm.kernels.ops import shift_kv
 from cpullm.kernels.tables import half_tables
 
 DEFAULT_BATCH = 64  # prompt tokens per compiled call during prefill
@@ -51,14 +63,25 @@ class Model:
         vocab = gguf.info("token_embd.weight").shape[0]
         cfg = ModelConfig.from_metadata(md, vocab_size=vocab)
         self.config = cfg
-        self.n_ctx = min(n_ctx or cfg.context_length, cfg.context_length)
-        if self.n_ctx <= 0:
+        if n_ctx is not None and n_ctx <= 0:
             raise CpullmError(f"context size must be positive, got {n_ctx}")
+        self.n_ctx = min(n_ctx or cfg.context_length, cfg.context_length)
         self.n_batch = max(1, min(n_batch, self.n_ctx))
+        w = cfg.sliding_window
+        self.rolling = 0 < w < self.n_ctx
+        if self.rolling:
+            self.capacity = min(self.n_ctx, w + self.n_batch - 1)
+            self.n_batch = self.capacity - w + 1
+        else:
+            self.capacity = self.n_ctx
         self.n_threads = n_threads
+        self.auto_slide = False  # drop old tokens when the context is full (chat turns it on)
+        self.n_keep = 0  # tokens pinned at the start of the context when sliding
+        self.n_dropped = 0  # tokens dropped by sliding since the last reset
         self._validate_and_index()
         self._allocate()
         self.n_past = 0
+        self.history: list[int] = []  # the tokens at positions 0 .. n_past-1
         self._tokenizer = None
 
     @classmethod
@@ -118,7 +141,7 @@ class Model:
         self.inv_freq = c.rope_theta ** (-np.arange(half, dtype=np.float64) * 2 / c.rope_dim)
         self.lut = half_tables()
         f32 = np.float32
-        kv_shape = (c.n_layers, c.n_kv_heads, self.n_ctx, c.head_dim)
+        kv_shape = (c.n_layers, c.n_kv_heads, self.capacity, c.head_dim)
         self.k_cache = np.zeros(kv_shape, dtype=f32)
         self.v_cache = np.zeros(kv_shape, dtype=f32)
         maxcols = max(c.dim, c.q_dim, c.ffn_dim)
@@ -133,7 +156,7 @@ class Model:
         self.xq = np.zeros((B, maxcols), np.int8)
         self.xd = np.zeros((B, maxcols // 32), f32)
         self.xs = np.zeros((B, maxcols // 32), f32)
-        self.att = np.zeros((c.n_heads, self.n_ctx), f32)
+        self.att = np.zeros((c.n_heads, self.capacity), f32)
         self.logits = np.zeros((B, c.vocab_size), f32)
         self._tokens = np.zeros(B, np.int64)
 
@@ -141,6 +164,46 @@ class Model:
     def reset(self) -> None:
         """Forget the context (the cache is overwritten lazily)."""
         self.n_past = 0
+        self.n_dropped = 0
+        self.history.clear()
+
+    def can_rewind(self, n: int) -> bool:
+        """Whether the context can be cut back to its first ``n`` tokens without recomputing."""
+        if not 0 <= n <= self.n_past:
+            return False
+        if not self.rolling:
+            return True
+        # slots hold positions n_past-capacity .. n_past-1; position n needs window-1 before it
+        return n - self.config.sliding_window + 1 >= self.n_past - self.capacity
+
+    def rewind(self, n: int) -> None:
+        """Keep only the first ``n`` tokens of the context (to re-run a changed suffix)."""
+        if not self.can_rewind(n):
+            raise CpullmError(f"cannot rewind the context from {self.n_past} to {n} tokens")
+        self.n_past = n
+        del self.history[n:]
+
+    def slide(self, n_needed: int) -> int:
+        """Make room for ``n_needed`` more tokens by dropping the oldest unpinned ones.
+
+        Drops half of the unpinned tokens (at least ``n_needed`` beyond the free slots),
+        like llama.cpp's context shift. Returns how many were dropped."""
+        free = self.capacity - self.n_past
+        if n_needed <= free:
+            return 0
+        keep = min(self.n_keep, self.n_past)
+        movable = self.n_past - keep
+        n_discard = min(movable, max(n_needed - free, movable // 2))
+        if keep + n_needed > self.capacity or n_discard <= 0:
+            raise CpullmError(
+                f"{n_needed} tokens do not fit a context of {self.capacity} with {keep} pinned"
+            )
+        shift_kv(self.k_cache, self.v_cache, keep, n_discard, self.n_past,
+                 self.config.rope_dim, self.inv_freq)
+        del self.history[keep : keep + n_discard]
+        self.n_past -= n_discard
+        self.n_dropped += n_discard
+        return n_discard
 
     def eval(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Append ``tokens`` to the context and run them.
@@ -157,15 +220,21 @@ class Model:
             raise CpullmError(
                 f"token id {bad} is outside the vocabulary (0..{self.config.vocab_size - 1})"
             )
-        if self.n_past + n > self.n_ctx:
+        if not self.rolling and self.n_past + n > self.capacity and not self.auto_slide:
             raise CpullmError(
-                f"context is full: {self.n_past} + {n} tokens exceed the context size {self.n_ctx}"
+                f"context is full: {self.n_past} + {n} tokens exceed the context size "
+                f"{self.capacity}; use a larger --ctx, or enable sliding"
             )
         self._set_threads()
         out = np.empty((n, self.config.vocab_size), np.float32) if all_logits else None
-        for start in range(0, n, self.n_batch):
-            chunk = toks[start : start + self.n_batch]
+        step = self.n_batch
+        if self.auto_slide and not self.rolling:
+            step = max(1, min(step, (self.capacity - self.n_keep) // 2))
+        for start in range(0, n, step):
+            chunk = toks[start : start + step]
             T = len(chunk)
+            if not self.rolling and self.n_past + T > self.capacity:
+                self.slide(T)
             self._tokens[:T] = chunk
             forward(
                 self._tokens, T, self.n_past, self.file.data, self.lut, self.mats, self.norms,
@@ -175,6 +244,7 @@ class Model:
                 self.logits, all_logits,
             )
             self.n_past += T
+            self.history.extend(chunk.tolist())
             if out is not None:
                 out[start : start + T] = self.logits[:T]
         return out if out is not None else self.logits[0]

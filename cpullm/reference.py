@@ -139,3 +139,50 @@ def forward(f: GGUFFile, tokens: list[int], margins: list | None = None) -> np.n
     h = rmsnorm(x, vec("output_norm.weight"), c.rms_eps)
     head = "output.weight" if "output.weight" in f.tensors else "token_embd.weight"
     return lin(head, h)
+
+
+def decode_sliding(f: GGUFFile, tokens: list[int], capacity: int, n_keep: int,
+                   margins: list | None = None) -> np.ndarray:
+    """float64 logits (T, vocab), one token at a time, with the drop-and-shift policy.
+
+    The cache holds at most ``capacity`` tokens. When a new token finds it full, half
+    of the tokens after the first ``n_keep`` (at least one) are dropped; later keys
+    are turned back by the number dropped (RoPE by a negative position) and every
+    later token's position decreases by the same amount."""
+    c = ModelConfig.from_metadata(f.metadata, vocab_size=f.info("token_embd.weight").shape[0])
+    W = {n: weight(f, n) for n in f.tensors}
+    head = "output.weight" if "output.weight" in f.tensors else "token_embd.weight"
+    ks: list[np.ndarray] = [np.zeros((0, c.kv_dim)) for _ in range(c.n_layers)]
+    vs: list[np.ndarray] = [np.zeros((0, c.kv_dim)) for _ in range(c.n_layers)]
+
+    def lin(name: str, x: np.ndarray) -> np.ndarray:
+        return linear(W[name], f.info(name).qtype, x, margins)
+
+    out = []
+    for tok in tokens:
+        n = len(ks[0])
+        if n == capacity:
+            drop = max(1, (n - n_keep) // 2)
+            for i in range(c.n_layers):
+                moved = rope(ks[i][n_keep + drop :], np.full(n - n_keep - drop, -float(drop)),
+                             c.head_dim, c.rope_dim, c.rope_theta)
+                ks[i] = np.concatenate([ks[i][:n_keep], moved])
+                vs[i] = np.concatenate([vs[i][:n_keep], vs[i][n_keep + drop :]])
+            n = len(ks[0])
+        pos = np.array([float(n)])
+        x = W["token_embd.weight"][[tok]]
+        for i in range(c.n_layers):
+            p = f"blk.{i}."
+            h = rmsnorm(x, W[p + "attn_norm.weight"], c.rms_eps)
+            q = rope(lin(p + "attn_q.weight", h), pos, c.head_dim, c.rope_dim, c.rope_theta)
+            k = rope(lin(p + "attn_k.weight", h), pos, c.head_dim, c.rope_dim, c.rope_theta)
+            ks[i] = np.concatenate([ks[i], k])
+            vs[i] = np.concatenate([vs[i], lin(p + "attn_v.weight", h)])
+            key_pos = np.arange(n + 1, dtype=np.float64)
+            a = attention(q, ks[i], vs[i], pos, key_pos, c.n_heads, c.n_kv_heads, c.head_dim)
+            x = x + lin(p + "attn_output.weight", a)
+            h = rmsnorm(x, W[p + "ffn_norm.weight"], c.rms_eps)
+            g = swiglu(lin(p + "ffn_gate.weight", h), lin(p + "ffn_up.weight", h))
+            x = x + lin(p + "ffn_down.weight", g)
+        out.append(lin(head, rmsnorm(x, W["output_norm.weight"], c.rms_eps))[0])
+    return np.array(out)

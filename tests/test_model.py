@@ -129,3 +129,52 @@ def test_unsupported_architecture(tmp_path):
     tensors = {n: (t.qtype, t.shape, f.raw(n)) for n, t in f.tensors.items()}
     with pytest.raises(ConfigError, match="architecture 'gpt2' is not supported"):
         Model.open(write_gguf(tmp_path / "bad.gguf", md, tensors))
+
+
+@pytest.mark.parametrize("qtype", [GGMLType.F32, GGMLType.Q4_0], ids=lambda t: t.name)
+def test_sliding_cache_matches_reference_policy(tmp_path, qtype):
+    """A 12-slot cache with 3 pinned tokens decoding 40 tokens: drops, shifts and key
+    re-rotation equal the numpy reference of the same policy."""
+    f = GGUFFile(make_tiny_gguf(tmp_path / "m.gguf", qtype, context_length=64))
+    toks = [int(t) for t in np.random.default_rng(2).integers(0, 128, 40)]
+    margins: list = []
+    ref = reference.decode_sliding(f, toks, capacity=12, n_keep=3, margins=margins)
+    model = Model(f, n_ctx=12)
+    model.auto_slide, model.n_keep = True, 3
+    ours = np.stack([model.eval([t]).copy() for t in toks])
+    assert_matches(ours, ref, margins)
+    assert model.n_past <= 12 and model.n_dropped == 40 - model.n_past
+    assert model.history[:3] == toks[:3], "the pinned prefix stays"
+    assert model.history[3:] == toks[40 - (model.n_past - 3) :]
+    # sliding must differ from never dropping (the policy is doing something)
+    full = reference.forward(f, toks)
+    assert rel_err(ours[-1], full[-1]) > 1e-3
+
+
+def test_long_prompt_slides_when_enabled(tmp_path):
+    f = GGUFFile(make_tiny_gguf(tmp_path / "m.gguf", context_length=64))
+    model = Model(f, n_ctx=16)
+    toks = list(range(1, 41))
+    with pytest.raises(CpullmError, match="context is full"):
+        model.eval(toks)
+    model.auto_slide, model.n_keep = True, 2
+    logits = model.eval(toks)
+    assert np.isfinite(logits).all()
+    assert model.n_past <= 16 and model.n_dropped == 40 - model.n_past
+    assert model.history[:2] == [1, 2] and model.history[-1] == 40
+
+
+def test_rolling_window_cache_is_constant_size(tmp_path):
+    """A window-5 model runs 5x past its window in a fixed cache, matching the reference."""
+    f = GGUFFile(make_tiny_gguf(tmp_path / "w.gguf", GGMLType.Q8_0, sliding_window=5,
+                                context_length=64))
+    toks = [int(t) for t in np.random.default_rng(3).integers(0, 128, 30)]
+    model = Model(f, n_batch=3)
+    assert model.rolling and model.capacity == 5 + 3 - 1
+    shape = model.k_cache.shape
+    margins: list = []
+    ref = reference.forward(f, toks, margins)
+    ours = np.stack([model.eval([t]).copy() for t in toks])
+    assert_matches(ours, ref, margins)
+    assert model.k_cache.shape == shape and model.n_past == 30
+    assert model.can_rewind(28) and not model.can_rewind(20)

@@ -49,51 +49,94 @@ def rope(x, T, n_heads, head_dim, rope_dim, pos0, inv_freq):
 
 @nb.njit(cache=True)
 def store_kv(k, v, T, layer, pos0, n_kv, head_dim, kc, vc):
-    """Copy T new keys/values (B, n_kv*head_dim) into the cache at positions pos0.."""
+    """Copy T new keys/values (B, n_kv*head_dim) into the cache.
+
+    Position p lives in slot p % C (C = kc.shape[2], the cache capacity): a plain cache
+    when positions stay below C, a rolling buffer for sliding-window models."""
+    C = kc.shape[2]
     for t in range(T):
+        slot = (pos0 + t) % C
         for h in range(n_kv):
             for i in range(head_dim):
-                kc[layer, h, pos0 + t, i] = k[t, h * head_dim + i]
-                vc[layer, h, pos0 + t, i] = v[t, h * head_dim + i]
+                kc[layer, h, slot, i] = k[t, h * head_dim + i]
+                vc[layer, h, slot, i] = v[t, h * head_dim + i]
+
+
+@nb.njit(cache=True, parallel=True)
+def shift_kv(kc, vc, n_keep, n_discard, n_past, rope_dim, inv_freq):
+    """Drop cache positions n_keep .. n_keep+n_discard-1 and close the gap.
+
+    Positions n_keep+n_discard .. n_past-1 move down by n_discard (slots == positions:
+    only for caches that never wrapped) and their keys are turned back by n_discard
+    positions of RoPE, so they read as if computed at their new positions.
+    kc, vc (L, n_kv, C, head_dim); inv_freq (rope_dim/2,) f64.
+
+    Example, n_keep 2, n_discard 3, n_past 8: positions [a b c d e f g h] become
+    [a b f g h], f g h now at positions 2 3 4."""
+    L, n_kv, C, hd = kc.shape
+    half = rope_dim // 2
+    cs = np.empty((half, 2), dtype=np.float32)
+    for i in range(half):
+        ang = -n_discard * inv_freq[i]
+        cs[i, 0] = math.cos(ang)
+        cs[i, 1] = math.sin(ang)
+    for lh in nb.prange(L * n_kv):
+        layer = lh // n_kv
+        h = lh % n_kv
+        for src in range(n_keep + n_discard, n_past):
+            dst = src - n_discard
+            for i in range(hd):
+                vc[layer, h, dst, i] = vc[layer, h, src, i]
+                kc[layer, h, dst, i] = kc[layer, h, src, i]
+            for i in range(half):
+                a = kc[layer, h, dst, 2 * i]
+                b = kc[layer, h, dst, 2 * i + 1]
+                kc[layer, h, dst, 2 * i] = a * cs[i, 0] - b * cs[i, 1]
+                kc[layer, h, dst, 2 * i + 1] = a * cs[i, 1] + b * cs[i, 0]
 
 
 @nb.njit(cache=True, parallel=True)
 def attention(q, T, layer, pos0, n_heads, n_kv, head_dim, window, kc, vc, att, out):
     """Causal attention with grouped-query heads over the cache.
 
-    q (B, n_heads*head_dim); kc, vc (L, n_kv, ctx, head_dim); att (n_heads, ctx) scratch;
+    q (B, n_heads*head_dim); kc, vc (L, n_kv, C, head_dim); att (n_heads, C) scratch;
     out (B, n_heads*head_dim). Query t at position p = pos0 + t sees keys at positions
-    max(0, p - window + 1) .. p (window 0: all)."""
+    max(0, p - window + 1) .. p (window 0: all), position j read from slot j % C; never
+    more than the C most recent positions (the caller sizes C so that none is lost)."""
+    C = kc.shape[2]
     group = n_heads // n_kv
     scale = np.float32(1.0 / math.sqrt(head_dim))
     for h in nb.prange(n_heads):
         kh = h // group
         for t in range(T):
             p = pos0 + t
-            start = 0
-            if window > 0 and p - window + 1 > 0:
+            start = max(0, p - C + 1)
+            if window > 0 and p - window + 1 > start:
                 start = p - window + 1
             mx = np.float32(-np.inf)
             for j in range(start, p + 1):
+                slot = j % C
                 s = np.float32(0.0)
                 for i in range(head_dim):
-                    s += q[t, h * head_dim + i] * kc[layer, kh, j, i]
+                    s += q[t, h * head_dim + i] * kc[layer, kh, slot, i]
                 s *= scale
-                att[h, j] = s
+                att[h, slot] = s
                 if s > mx:
                     mx = s
             tot = np.float32(0.0)
             for j in range(start, p + 1):
-                e = np.float32(math.exp(att[h, j] - mx))
-                att[h, j] = e
+                slot = j % C
+                e = np.float32(math.exp(att[h, slot] - mx))
+                att[h, slot] = e
                 tot += e
             inv = np.float32(1.0) / tot
             for i in range(head_dim):
                 out[t, h * head_dim + i] = 0.0
             for j in range(start, p + 1):
-                w = att[h, j] * inv
+                slot = j % C
+                w = att[h, slot] * inv
                 for i in range(head_dim):
-                    out[t, h * head_dim + i] += w * vc[layer, kh, j, i]
+                    out[t, h * head_dim + i] += w * vc[layer, kh, slot, i]
 
 
 @nb.njit(cache=True)
