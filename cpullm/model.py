@@ -36,6 +36,8 @@ from cpullm.kernels.ops import shift_kv
 from cpullm.kernels.tables import half_tables
 
 DEFAULT_BATCH = 64  # prompt tokens per compiled call during prefill
+# KV cache element types: f16 is stored as uint16 bit patterns (see kernels.half)
+KV_TYPES = {"f16": np.uint16, "f32": np.float32}
 
 
 def _check_shape(f: GGUFFile, name: str, shape: tuple[int, ...]) -> None:
@@ -55,6 +57,7 @@ class Model:
         n_ctx: int | None = None,
         n_threads: int | None = None,
         n_batch: int = DEFAULT_BATCH,
+        kv_type: str = "f16",
     ) -> None:
         self.file = gguf
         md = gguf.metadata
@@ -74,6 +77,9 @@ class Model:
             self.n_batch = self.capacity - w + 1
         else:
             self.capacity = self.n_ctx
+        if kv_type not in KV_TYPES:
+            raise CpullmError(f"KV cache type {kv_type!r} is not one of {', '.join(KV_TYPES)}")
+        self.kv_type = kv_type
         self.n_threads = n_threads
         self.auto_slide = False  # drop old tokens when the context is full (chat turns it on)
         self.n_keep = 0  # tokens pinned at the start of the context when sliding
@@ -142,8 +148,8 @@ class Model:
         self.lut = half_tables()
         f32 = np.float32
         kv_shape = (c.n_layers, c.n_kv_heads, self.capacity, c.head_dim)
-        self.k_cache = np.zeros(kv_shape, dtype=f32)
-        self.v_cache = np.zeros(kv_shape, dtype=f32)
+        self.k_cache = np.zeros(kv_shape, dtype=KV_TYPES[self.kv_type])
+        self.v_cache = np.zeros(kv_shape, dtype=KV_TYPES[self.kv_type])
         maxcols = max(c.dim, c.q_dim, c.ffn_dim)
         self.x = np.zeros((B, c.dim), f32)
         self.xn = np.zeros((B, c.dim), f32)
@@ -199,7 +205,7 @@ class Model:
                 f"{n_needed} tokens do not fit a context of {self.capacity} with {keep} pinned"
             )
         shift_kv(self.k_cache, self.v_cache, keep, n_discard, self.n_past,
-                 self.config.rope_dim, self.inv_freq)
+                 self.config.rope_dim, self.inv_freq, self.lut)
         del self.history[keep : keep + n_discard]
         self.n_past -= n_discard
         self.n_dropped += n_discard

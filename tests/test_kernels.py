@@ -47,9 +47,10 @@ def test_quantize_rows_q8_bit_exact(T):
 
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("T", [1, 5])
-def test_matmul_matches_twin(qtype, T):
-    rng = np.random.default_rng(int(qtype) * 10 + T)
-    rows, cols = 48, 96
+@pytest.mark.parametrize("rows", [50, 3])  # T == 1: groups of 4 rows plus a tail, tail only
+def test_matmul_matches_twin(qtype, T, rows):
+    rng = np.random.default_rng(int(qtype) * 10 + T + rows)
+    cols = 96
     w = rng.standard_normal((rows, cols)).astype(np.float32)
     raw = quants.quantize(w, qtype)
     pad = 64  # the weight sits at an offset inside a larger buffer, like in a file
@@ -120,7 +121,7 @@ def test_attention_matches_twin(window):
     q = rng.standard_normal((T, H * hd)).astype(np.float32)
     out = np.zeros((T, H * hd), np.float32)
     att = np.zeros((H, ctx), np.float32)
-    ops.attention(q, T, 1, pos0, H, KV, hd, window, kc, vc, att, out)
+    ops.attention(q, T, 1, pos0, H, KV, hd, window, kc, vc, att, out, LUT)
     positions = np.arange(pos0, pos0 + T)
     ref = reference.attention(q.astype(np.float64), k.astype(np.float64),
                               v.astype(np.float64), positions, np.arange(S), H, KV, hd, window)
@@ -134,3 +135,24 @@ def test_swiglu_matches_twin():
     ref = reference.swiglu(g.astype(np.float64), u)
     ops.swiglu(g, u, 2, 40)
     assert rel_err(g, ref) < 1e-6
+
+
+def test_f32_to_f16_bit_exact_with_numpy():
+    import numba as nb
+
+    from cpullm.kernels.half import f32_to_f16
+
+    @nb.njit
+    def convert(x, out):
+        for i in range(x.shape[0]):
+            out[i] = f32_to_f16(x[i])
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(50000) * 10.0 ** rng.uniform(-10, 6, 50000)
+    special = [0.0, -0.0, 65504.0, 65519.99, 65520.0, 1e-8, 2.98e-8, 5.96e-8, 6.1e-5,
+               6.103515625e-05, -3.3, np.inf, -np.inf, 2049.0, 2051.0, 0.1]
+    x = np.concatenate([x, special]).astype(np.float32)
+    out = np.zeros(len(x), np.uint16)
+    convert(x, out)
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(out, x.astype(np.float16).view(np.uint16))

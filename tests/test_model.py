@@ -50,7 +50,7 @@ def test_prefill_and_decode_match_reference(tmp_path, tokens, qtype, shape):
     f = GGUFFile(make_tiny_gguf(tmp_path / "m.gguf", qtype, **SHAPES[shape]))
     margins: list = []
     ref = reference.forward(f, tokens, margins)
-    model = Model(f, n_batch=8)  # 24 tokens: three prefill chunks
+    model = Model(f, kv_type="f32", n_batch=8)  # 24 tokens: three prefill chunks
     prefill = model.eval(tokens, all_logits=True)
     assert_matches(prefill, ref, margins)
     if qtype not in QUANTIZED:
@@ -75,7 +75,7 @@ def test_sliding_window_matches_reference(tmp_path, tokens):
     full = reference.forward(GGUFFile(make_tiny_gguf(tmp_path / "f.gguf", GGMLType.Q8_0)),
                              tokens)
     assert rel_err(full, ref) > 1e-2, "the window must change the result"
-    model = Model(f, n_batch=4)
+    model = Model(f, kv_type="f32", n_batch=4)
     assert_matches(model.eval(tokens, all_logits=True), ref, margins)
 
 
@@ -112,7 +112,7 @@ def test_shape_mismatch_names_the_tensor(tmp_path):
 def test_missing_output_falls_back_to_token_embd(tmp_path, tokens):
     f = GGUFFile(make_tiny_gguf(tmp_path / "t.gguf", GGMLType.Q4_0, tied=True))
     assert "output.weight" not in f.tensors
-    model = Model(f)
+    model = Model(f, kv_type="f32")
     assert model.tied
     margins: list = []
     ref = reference.forward(f, tokens[:6], margins)
@@ -139,7 +139,7 @@ def test_sliding_cache_matches_reference_policy(tmp_path, qtype):
     toks = [int(t) for t in np.random.default_rng(2).integers(0, 128, 40)]
     margins: list = []
     ref = reference.decode_sliding(f, toks, capacity=12, n_keep=3, margins=margins)
-    model = Model(f, n_ctx=12)
+    model = Model(f, kv_type="f32", n_ctx=12)
     model.auto_slide, model.n_keep = True, 3
     ours = np.stack([model.eval([t]).copy() for t in toks])
     assert_matches(ours, ref, margins)
@@ -153,7 +153,7 @@ def test_sliding_cache_matches_reference_policy(tmp_path, qtype):
 
 def test_long_prompt_slides_when_enabled(tmp_path):
     f = GGUFFile(make_tiny_gguf(tmp_path / "m.gguf", context_length=64))
-    model = Model(f, n_ctx=16)
+    model = Model(f, kv_type="f32", n_ctx=16)
     toks = list(range(1, 41))
     with pytest.raises(CpullmError, match="context is full"):
         model.eval(toks)
@@ -169,7 +169,7 @@ def test_rolling_window_cache_is_constant_size(tmp_path):
     f = GGUFFile(make_tiny_gguf(tmp_path / "w.gguf", GGMLType.Q8_0, sliding_window=5,
                                 context_length=64))
     toks = [int(t) for t in np.random.default_rng(3).integers(0, 128, 30)]
-    model = Model(f, n_batch=3)
+    model = Model(f, kv_type="f32", n_batch=3)
     assert model.rolling and model.capacity == 5 + 3 - 1
     shape = model.k_cache.shape
     margins: list = []
@@ -178,3 +178,17 @@ def test_rolling_window_cache_is_constant_size(tmp_path):
     assert_matches(ours, ref, margins)
     assert model.k_cache.shape == shape and model.n_past == 30
     assert model.can_rewind(28) and not model.can_rewind(20)
+
+
+def test_f16_kv_cache_close_to_reference(tmp_path, tokens):
+    """The default f16 cache: half the memory, logits within 1e-2 of the f32 reference."""
+    f = GGUFFile(make_tiny_gguf(tmp_path / "m.gguf", GGMLType.F32))
+    model = Model(f, n_batch=8)
+    assert model.kv_type == "f16" and model.k_cache.dtype == np.uint16
+    ref = reference.forward(f, tokens)
+    assert rel_err(model.eval(tokens, all_logits=True), ref) < 1e-2
+    model.reset()
+    decode = np.stack([model.eval([t]).copy() for t in tokens])
+    assert rel_err(decode, ref) < 1e-2
+    with pytest.raises(CpullmError, match="KV cache type"):
+        Model(f, kv_type="q3")

@@ -66,7 +66,7 @@ def forward(tokens, T, pos0, data, lut, mats, norms, out_norm, embd, head, dims,
         rope(qb, T, n_heads, hd, dims[D_ROPE_DIM], pos0, inv_freq)
         rope(kb, T, n_kv, hd, dims[D_ROPE_DIM], pos0, inv_freq)
         store_kv(kb, vb, T, layer, pos0, n_kv, hd, kc, vc)
-        attention(qb, T, layer, pos0, n_heads, n_kv, hd, dims[D_WINDOW], kc, vc, att, ao)
+        attention(qb, T, layer, pos0, n_heads, n_kv, hd, dims[D_WINDOW], kc, vc, att, ao, lut)
         quantize_rows_q8(ao, T, qdim, xq, xd, xs)
         _linear(data, mats, layer, ATTN_OUT, dim, qdim, T, xq, xd, xs, ao, lut, xn)
         add_into(x, xn, T, dim)

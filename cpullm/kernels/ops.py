@@ -11,6 +11,8 @@ import math
 import numba as nb
 import numpy as np
 
+from cpullm.kernels.half import kv_get, kv_put
+
 
 @nb.njit(cache=True)
 def rmsnorm(x, T, w, eps, out):
@@ -49,6 +51,7 @@ def rope(x, T, n_heads, head_dim, rope_dim, pos0, inv_freq):
 
 @nb.njit(cache=True)
 def store_kv(k, v, T, layer, pos0, n_kv, head_dim, kc, vc):
+    # kc, vc: float32, or uint16 holding f16 bits (see kernels.half)
     """Copy T new keys/values (B, n_kv*head_dim) into the cache.
 
     Position p lives in slot p % C (C = kc.shape[2], the cache capacity): a plain cache
@@ -58,12 +61,12 @@ def store_kv(k, v, T, layer, pos0, n_kv, head_dim, kc, vc):
         slot = (pos0 + t) % C
         for h in range(n_kv):
             for i in range(head_dim):
-                kc[layer, h, slot, i] = k[t, h * head_dim + i]
-                vc[layer, h, slot, i] = v[t, h * head_dim + i]
+                kv_put(kc, (layer, h, slot, i), k[t, h * head_dim + i])
+                kv_put(vc, (layer, h, slot, i), v[t, h * head_dim + i])
 
 
 @nb.njit(cache=True, parallel=True)
-def shift_kv(kc, vc, n_keep, n_discard, n_past, rope_dim, inv_freq):
+def shift_kv(kc, vc, n_keep, n_discard, n_past, rope_dim, inv_freq, lut):
     """Drop cache positions n_keep .. n_keep+n_discard-1 and close the gap.
 
     Positions n_keep+n_discard .. n_past-1 move down by n_discard (slots == positions:
@@ -89,14 +92,14 @@ def shift_kv(kc, vc, n_keep, n_discard, n_past, rope_dim, inv_freq):
                 vc[layer, h, dst, i] = vc[layer, h, src, i]
                 kc[layer, h, dst, i] = kc[layer, h, src, i]
             for i in range(half):
-                a = kc[layer, h, dst, 2 * i]
-                b = kc[layer, h, dst, 2 * i + 1]
-                kc[layer, h, dst, 2 * i] = a * cs[i, 0] - b * cs[i, 1]
-                kc[layer, h, dst, 2 * i + 1] = a * cs[i, 1] + b * cs[i, 0]
+                a = kv_get(kc[layer, h, dst, 2 * i], lut)
+                b = kv_get(kc[layer, h, dst, 2 * i + 1], lut)
+                kv_put(kc, (layer, h, dst, 2 * i), a * cs[i, 0] - b * cs[i, 1])
+                kv_put(kc, (layer, h, dst, 2 * i + 1), a * cs[i, 1] + b * cs[i, 0])
 
 
 @nb.njit(cache=True, parallel=True)
-def attention(q, T, layer, pos0, n_heads, n_kv, head_dim, window, kc, vc, att, out):
+def attention(q, T, layer, pos0, n_heads, n_kv, head_dim, window, kc, vc, att, out, lut):
     """Causal attention with grouped-query heads over the cache.
 
     q (B, n_heads*head_dim); kc, vc (L, n_kv, C, head_dim); att (n_heads, C) scratch;
@@ -118,7 +121,7 @@ def attention(q, T, layer, pos0, n_heads, n_kv, head_dim, window, kc, vc, att, o
                 slot = j % C
                 s = np.float32(0.0)
                 for i in range(head_dim):
-                    s += q[t, h * head_dim + i] * kc[layer, kh, slot, i]
+                    s += q[t, h * head_dim + i] * kv_get(kc[layer, kh, slot, i], lut)
                 s *= scale
                 att[h, slot] = s
                 if s > mx:
@@ -136,7 +139,7 @@ def attention(q, T, layer, pos0, n_heads, n_kv, head_dim, window, kc, vc, att, o
                 slot = j % C
                 w = att[h, slot] * inv
                 for i in range(head_dim):
-                    out[t, h * head_dim + i] += w * vc[layer, kh, slot, i]
+                    out[t, h * head_dim + i] += w * kv_get(vc[layer, kh, slot, i], lut)
 
 
 @nb.njit(cache=True)
