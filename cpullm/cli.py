@@ -351,6 +351,182 @@ def _print_stats(s) -> None:
     _err("; ".join(parts))
 
 
+# -- bench ----------------------------------------------------------------------------------
+
+
+@app.command()
+def bench(
+    model: str = typer.Argument(..., help=MODEL_HELP, show_default=False),
+    n_prompt: int = typer.Option(
+        512, "-p", "--n-prompt", min=0,
+        help="Prompt-processing test: tokens evaluated as one prompt (0 skips the test).",
+    ),
+    n_gen: int = typer.Option(
+        128, "-n", "--n-gen", min=0,
+        help="Generation test: tokens decoded one at a time (0 skips the test).",
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", "-t", min=1,
+        help="Compute threads. Default: the number of physical CPU cores.",
+        show_default=False,
+    ),
+    reps: int = typer.Option(5, "-r", "--reps", min=1, help="Measured runs of each test."),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print a JSON array (one object per test) instead of a table."
+    ),
+) -> None:
+    """Measure prompt processing (ppN) and generation (tgN) speed in tokens/s, like
+    llama-bench. Each test runs once as an uncounted warm-up, then REPS times."""
+    from cpullm import hub
+    from cpullm.bench import format_table, run_bench
+
+    path = hub.resolve(model)
+    results = run_bench(
+        path, n_prompt=n_prompt, n_gen=n_gen, threads=threads or physical_cores(), reps=reps,
+        progress=None if json_out else _err,
+    )
+    if json_out:
+        import json
+
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        print(format_table(results))
+
+
+# -- convert --------------------------------------------------------------------------------
+
+
+@app.command()
+def convert(
+    src: str = typer.Argument(
+        ..., help="Checkpoint folder: Hugging Face (config.json + model*.safetensors) or "
+        "Mistral native (params.json + consolidated*.safetensors).", show_default=False,
+    ),
+    out: str = typer.Option(..., "-o", "--out", help="Output .gguf file.", show_default=False),
+    qtype: str = typer.Option(
+        "q8_0", "--type", help="Weight type: q4_0, q4_1, q8_0, f16, bf16 or f32."
+    ),
+    layout: str | None = typer.Option(
+        None, "--layout", help="Force 'hf' or 'native' when the folder holds both.",
+        show_default=False,
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+) -> None:
+    """Convert a safetensors checkpoint into one GGUF file (streaming, bounded memory)."""
+    from converter.__main__ import run
+
+    run(src, out, qtype, layout=layout, quiet=quiet)
+
+
+# -- chat, pull, models ---------------------------------------------------------------------
+
+CHAT_DEFAULT_CTX = 4096  # the KV cache's size unless --ctx (at most the model's own)
+
+
+@app.command()
+def chat(
+    model: str = typer.Argument(
+        "smollm2", help=MODEL_HELP + " Default: smollm2.", show_default=False
+    ),
+    system: str | None = typer.Option(
+        None, "--system", help="System prompt (default: the chat template's own, if any).",
+        show_default=False,
+    ),
+    n: int | None = typer.Option(
+        None, "-n", "--max-tokens", min=1,
+        help="Most tokens per reply. Default: until the model ends its turn or the context "
+        "is full.", show_default=False,
+    ),
+    temperature: float = typer.Option(
+        0.8, "--temperature", "-T", min=0.0, help="Sampling temperature (0: greedy)."
+    ),
+    top_k: int = typer.Option(40, "--top-k", min=0, help="Keep the K likeliest tokens (0: off)."),
+    top_p: float = typer.Option(
+        0.95, "--top-p", min=0.0, max=1.0, help="Nucleus sampling: keep tokens up to this "
+        "total probability (1: off)."
+    ),
+    min_p: float = typer.Option(
+        0.05, "--min-p", min=0.0, max=1.0,
+        help="Drop tokens less likely than MIN_P x the likeliest (0: off).",
+    ),
+    repeat_penalty: float = typer.Option(
+        1.0, "--repeat-penalty", min=0.0, help="Penalize recently seen tokens (1: off)."
+    ),
+    seed: int | None = typer.Option(
+        None, "--seed", "-s", min=0, help="Random seed (same seed, same replies).",
+        show_default=False,
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", "-t", min=1,
+        help="Compute threads. Default: the number of physical CPU cores.", show_default=False,
+    ),
+    ctx: int | None = typer.Option(
+        None, "--ctx", "-c", min=16,
+        help=f"Context size in tokens (the whole conversation). Default: "
+        f"{CHAT_DEFAULT_CTX}, or the model's context length if smaller.", show_default=False,
+    ),
+    template: str | None = typer.Option(
+        None, "--template",
+        help="Use a built-in chat format instead of the file's: chatml, mistral-v1, "
+        "mistral-v3, mistral-tekken.", show_default=False,
+    ),
+) -> None:
+    """Talk with MODEL: an interactive chat with streamed replies. Type /help inside."""
+    from cpullm import hub
+    from cpullm.chat import ChatSession, repl
+    from cpullm.model import Model
+    from cpullm.sampler import SamplingParams
+
+    path = hub.resolve(model)
+    params = SamplingParams(
+        temperature=temperature, top_k=top_k, top_p=max(top_p, 1e-6), min_p=min_p,
+        repeat_penalty=max(repeat_penalty, 1e-6), seed=seed,
+    )
+    m = Model.open(path, n_ctx=ctx or CHAT_DEFAULT_CTX, n_threads=threads or physical_cores())
+    if ctx and ctx > m.config.context_length:
+        _err(f"note: --ctx {ctx} is more than the model's context length "
+             f"{m.config.context_length}; using {m.n_ctx}")
+    session = ChatSession(m, system=system, params=params, template=template, max_tokens=n)
+    compiled = _kernels_cached()
+    if not compiled:
+        _err("compiling kernels (first run only, about a minute)...")
+    m.eval([m.tokenizer.bos_id or 0])
+    m.reset()
+    _err(f"{path.name}: context {m.n_ctx} tokens, chat template {session.template.name}. "
+         "/help for commands, Ctrl-D to quit.")
+    repl(session)
+
+
+@app.command()
+def pull(
+    name: str = typer.Argument(..., help="A registry model name (see `cpullm models`).",
+                               show_default=False),
+) -> None:
+    """Download a registry model into the cache (once; checked against its sha256)."""
+    from cpullm import hub
+
+    path = hub.ensure(name)
+    print(path)
+
+
+@app.command()
+def models() -> None:
+    """List the registry's models and the model files in the cache."""
+    from cpullm import hub
+
+    files = hub.cached()
+    names = {p.name for p in files}
+    print(f"cache: {hub.models_dir()}")
+    width = max(len(k) for k in hub.REGISTRY)
+    for key, e in sorted(hub.REGISTRY.items()):
+        state = "cached" if e.filename in names else "not cached (cpullm pull " + key + ")"
+        print(f"  {key:<{width}}  {e.description}  [{state}]")
+    known = {e.filename for e in hub.REGISTRY.values()}
+    for p in files:
+        if p.name not in known:
+            print(f"  {p.name}  ({_human_bytes(p.stat().st_size)})")
+
+
 # -- entry point ----------------------------------------------------------------------------
 
 
