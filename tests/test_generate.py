@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from cpullm.errors import CpullmError
-from cpullm.generate import GenerationStats, StreamDecoder, generate
+from cpullm.generate import GenerationStats, StreamDecoder, TextStream, generate
 from cpullm.gguf.constants import Keys, TokenType
-from cpullm.sampler import make_rng, probabilities, sample
+from cpullm.sampler import Sampler, SamplingParams, make_rng, probabilities, sample
 from cpullm.tokenizer import Tokenizer
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "smollm2_greedy.json"
@@ -233,3 +233,135 @@ def test_generate_seeded_sampling_repeats(smollm2_model):
     a = list(generate(smollm2_model, ids, 8, temperature=0.8, seed=7))
     b = list(generate(smollm2_model, ids, 8, temperature=0.8, seed=7))
     assert a == b and len(a) > 0
+
+
+def test_generate_with_sampler_and_extra_stop_ids():
+    m = FakeModel()
+    s = Sampler(SamplingParams.greedy(), 32)
+    assert list(generate(m, [1], 10, sampler=s, extra_stop_ids=[7])) == [5, 6]
+    # the penalties see the prompt and what was generated: 5 was "seen" in the prompt
+    m = FakeModel()
+    s = Sampler(SamplingParams.greedy(logit_bias={9: 9.5}, presence_penalty=0.0), 32)
+    assert list(generate(m, [1], 2, sampler=s)) == [5, 6]
+    s = Sampler(SamplingParams.greedy(logit_bias={9: 9.5}, repeat_penalty=2.0), 32)
+    m = FakeModel()
+    assert list(generate(m, [5], 1, sampler=s)) == [9]
+
+
+# ---- stop strings ---------------------------------------------------------------------------
+
+
+def _stream(tok, ids, stop, at_start=True):
+    ts = TextStream(tok, stop=stop, at_start=at_start)
+    pieces = []
+    for i in ids:
+        pieces.append(ts.push(i))
+        if ts.stopped:
+            break
+    pieces.append(ts.flush())
+    for p in pieces:
+        p.encode("utf-8")
+    return pieces, ts
+
+
+def _expected(text, stop):
+    cut = min((text.find(s) for s in stop if s in text), default=-1)
+    return text if cut < 0 else text[:cut]
+
+
+def test_stop_string_split_across_tokens_is_never_emitted(smollm2_path):
+    from cpullm.gguf.reader import read_metadata
+
+    tok = Tokenizer.from_metadata(read_metadata(smollm2_path))
+    text = "Answer: the weather is fine.\nUser: and tomorrow?"
+    ids = tok.encode(text)
+    stop = ["\nUser:"]
+    pieces, ts = _stream(tok, ids, stop)
+    assert ts.stopped and ts.stop == "\nUser:"
+    assert "".join(pieces) == "Answer: the weather is fine."
+    assert all("User" not in p for p in pieces)
+    # a prefix of the stop string that does not complete is released
+    pieces, ts = _stream(tok, tok.encode("a\nUse the force"), stop)
+    assert not ts.stopped and "".join(pieces) == "a\nUse the force"
+    # a prefix held at the very end comes out of flush
+    pieces, ts = _stream(tok, tok.encode("end\nUs"), stop)
+    assert pieces[-1].endswith("\nUs") and "".join(pieces) == "end\nUs"
+
+
+@pytest.mark.parametrize(
+    "stop", [[], ["ab"], ["🎉"], ["世界!"], ["é —", "🚀"], ["xyz", "ok"], ["\u754c"], ["k"]]
+)
+def test_stream_with_stops_equals_batch_decode_cut(smollm2_path, stop):
+    from cpullm.gguf.reader import read_metadata
+
+    tok = Tokenizer.from_metadata(read_metadata(smollm2_path))
+    ids = tok.encode(TRICKY)
+    pieces, ts = _stream(tok, ids, stop)
+    assert "".join(pieces) == _expected(tok.decode(ids), stop)
+    assert "".join(pieces) == ts.text
+    assert all("\ufffd" not in p for p in pieces)
+
+
+def test_stream_stop_random_texts():
+    """Property: for random texts and stops over a small alphabet (many partial matches),
+    the concatenated pieces are the decode cut at the first stop."""
+    tok = _tiny_llama_tokenizer()
+    rng = np.random.default_rng(0)
+    alphabet = ["h", "e", "l", "o", " ", "w", "🎉", "日", "é"]
+    for _ in range(300):
+        text = "".join(rng.choice(alphabet, size=rng.integers(1, 20)))
+        stop = ["".join(rng.choice(alphabet, size=rng.integers(1, 4)))
+                for _ in range(rng.integers(1, 3))]
+        ids = tok.encode(text, add_bos=False)
+        pieces, _ = _stream(tok, ids, stop)
+        assert "".join(pieces) == _expected(tok.decode(ids), stop), (text, stop)
+
+
+# ---- SentencePiece byte fallback: CJK and emoji --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def spm_tok():
+    spm = pytest.importorskip("sentencepiece")
+    from test_tokenizer import _sp_model_path, sp_metadata
+
+    sp = spm.SentencePieceProcessor(model_file=str(_sp_model_path()))
+    return Tokenizer.from_metadata(sp_metadata(sp))
+
+
+CJK_EMOJI = [
+    "日本語のテキストです。",
+    "中文文本测试，包括标点符号！",
+    "emoji 😀😃😄 🎉 👍🏽 👨‍👩‍👧‍👦 🇫🇷",
+    "混合 text 🎉 with 한국어 and 𝄞 music",
+    "rare: 龘齉鱻 🫠🦩🥹 👩‍👩‍👧 🇫🇷 ꙮ𓀀",
+    TRICKY,
+]
+
+
+def test_spm_corpus_uses_byte_fallback(spm_tok):
+    def n_bytes(text):
+        return sum(spm_tok.token_types[i] == TokenType.BYTE for i in spm_tok.encode(text))
+
+    assert n_bytes("🫠🦩🥹") == 12  # rare emoji: every byte is a byte token
+    assert n_bytes("龘齉鱻") == 9  # rare CJK characters too
+
+
+@pytest.mark.parametrize("text", CJK_EMOJI)
+def test_stream_spm_byte_fallback_cjk_emoji(spm_tok, text):
+    ids = spm_tok.encode(text, add_bos=True)
+    pieces = _check_stream(spm_tok, ids, at_start=True)
+    assert "".join(pieces) == spm_tok.decode(ids) == text
+    # a byte token alone never yields a piece with half a character
+    pieces, _ = _stream(spm_tok, ids, ["🎉"])
+    assert "".join(pieces) == _expected(text, ["🎉"])
+
+
+@pytest.mark.parametrize("text", CJK_EMOJI)
+def test_stream_gpt2_cjk_emoji(smollm2_path, text):
+    from cpullm.gguf.reader import read_metadata
+
+    tok = Tokenizer.from_metadata(read_metadata(smollm2_path))
+    ids = tok.encode(text)
+    pieces = _check_stream(tok, ids)
+    assert "".join(pieces) == tok.decode(ids) == text
