@@ -10,8 +10,9 @@ token prefix with what the cache already holds, and prefills only the tokens aft
 exact ids of each generated reply are remembered, so the next turn's prompt repeats them
 token for token and the cache is reused up to the end of the last reply.
 
-A conversation that does not fit the context raises ``ContextFullError`` (see
-``ChatSession._fit``: the hook where a sliding cache will drop old tokens instead).
+A conversation longer than the context slides: the model drops the oldest tokens after
+the pinned system prompt (``Model.auto_slide``, ``Model.n_keep``) and the chat goes on in
+constant memory; each turn's stats say how many tokens were dropped.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class TurnStats:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     stop_reason: str = ""  # "eos", "stop" (a stop string), "length", "context", "interrupted"
+    dropped: int = 0  # old tokens the sliding cache dropped during this turn
 
     @property
     def reply_tps(self) -> float:
@@ -83,10 +85,11 @@ class ChatSession:
         self.system = system
         self.messages: list[dict[str, str]] = []
         self._reply_ids: dict[int, list[int]] = {}  # message index -> generated ids
-        self._cache: list[int] = []  # the ids the model's cache holds, in order
+        self._cache: list[int] = []  # every id fed since the cache was last empty, in order
         self._stop_ids = stop_ids(self.tokenizer) | self.template.stop_ids()
         self.last = TurnStats()
         self.total_prefilled = 0
+        model.auto_slide = True
         self.reset(system)
 
     # ---- conversation ---------------------------------------------------------------------
@@ -98,6 +101,19 @@ class ChatSession:
             self.system = system or None
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
         self._reply_ids = {}
+        self.model.n_keep = self._pinned_length()
+
+    def _pinned_length(self) -> int:
+        """Tokens the sliding cache never drops: the rendered system prompt (at most half
+        the context, so there is always room to slide)."""
+        if not self.system:
+            return 0
+        sys_ids = self.template.encode(self.messages[:1], add_generation_prompt=False)
+        with_user = self.template.encode(
+            self.messages[:1] + [{"role": "user", "content": "x"}], add_generation_prompt=False
+        )
+        n = common_prefix(sys_ids, with_user)
+        return min(n, self.model.capacity // 2)
 
     def set_system(self, text: str | None) -> None:
         """Replace the system prompt and start a new conversation."""
@@ -143,8 +159,10 @@ class ChatSession:
         msgs = self.messages + [{"role": "user", "content": text}]
         ids = self.prompt_ids(msgs)
         ids = self._fit(ids)
-        budget = self.model.n_ctx - len(ids)
         limit = self.max_tokens if max_tokens is None else max_tokens
+        # with a sliding cache a reply is not bounded by the context; a default cap keeps a
+        # model that never says EOS from talking forever
+        budget = self.model.n_ctx // 2 if self.model.auto_slide else self.model.n_ctx - len(ids)
         n = budget if limit is None else min(limit, budget)
         self.messages = msgs
         return self._turn(ids, n, budget)
@@ -154,10 +172,12 @@ class ChatSession:
         return "".join(self.send(text, max_tokens))
 
     def _fit(self, ids: list[int]) -> list[int]:
-        """Make the prompt fit the context. HOOK: a sliding KV cache will keep a pinned
-        prefix (the system prompt) and drop the oldest tokens after it here; for now a
+        """Check the prompt can run. With the sliding cache anything longer than the
+        pinned prefix fits (old tokens are dropped and the stats say so); without it, a
         conversation that leaves no room for a reply is an error."""
         n_ctx = self.model.n_ctx
+        if self.model.auto_slide:
+            return ids
         if len(ids) >= n_ctx:
             raise ContextFullError(
                 f"the conversation is {len(ids)} tokens and the context holds {n_ctx} "
@@ -165,24 +185,28 @@ class ChatSession:
             )
         return ids
 
-    def _rewind(self, n: int) -> None:
-        """Keep the first ``n`` cached tokens, forget the rest."""
+    def _rewind(self, n: int) -> int:
+        """Keep the first ``n`` fed tokens and forget the rest; returns the n kept (0 when
+        the cache had to be emptied because the tokens to drop were already slid out)."""
         m = self.model
-        if hasattr(m, "truncate"):
-            m.truncate(n)
+        back = len(self._cache) - n
+        if m.can_rewind(m.n_past - back) and m.n_past - back >= m.n_keep:
+            m.rewind(m.n_past - back)
         else:
-            m.n_past = n
+            m.reset()
+            n = 0
         del self._cache[n:]
+        return n
 
     def _turn(self, ids: list[int], n: int, budget: int) -> Iterator[str]:
         st = self.last = TurnStats(prompt_tokens=len(ids))
         model = self.model
-        # what the cache really holds (a previous turn may have been cut anywhere)
-        held = self._cache[: model.n_past]
+        if model.n_past == 0:
+            self._cache = []
         # keep at least one token to evaluate: eval returns the logits of its last token
-        keep = min(common_prefix(held, ids), len(ids) - 1)
-        self._cache = held
-        self._rewind(keep)
+        keep = min(common_prefix(self._cache, ids), len(ids) - 1)
+        keep = self._rewind(keep)
+        dropped0 = model.n_dropped
         st.reused = keep
         st.prefilled = len(ids) - keep
         self.total_prefilled += st.prefilled
@@ -215,6 +239,7 @@ class ChatSession:
             st.prefill_s = gstats.prefill_s
             st.decode_s = gstats.decode_s
             st.reply_tokens = len(reply)
+            st.dropped = model.n_dropped - dropped0
             if not st.stop_reason:
                 if not finished:
                     st.stop_reason = "interrupted"
@@ -222,7 +247,9 @@ class ChatSession:
                     st.stop_reason = "context"
                 else:
                     st.stop_reason = gstats.stop_reason or "length"
-            self._cache = fed[: model.n_past]
+            # the tokens evaluated so far (the last sampled one usually is not): the cache
+            # holds their tail, n_dropped of them having slid out
+            self._cache = fed[: model.n_past + model.n_dropped]
             self._record(reply, "".join(text_parts), finished)
 
     def _record(self, reply: list[int], text: str, finished: bool) -> None:
@@ -258,6 +285,8 @@ def format_stats(st: TurnStats) -> str:
             "stop": "stop string"}.get(st.stop_reason)
     if note:
         parts.append(note)
+    if st.dropped:
+        parts.append(f"context full: dropped {st.dropped} old tokens")
     return "[" + ", ".join(parts) + "]"
 
 

@@ -106,6 +106,7 @@ def _info_dict(path: Path) -> dict:
     from cpullm.config import ModelConfig
     from cpullm.gguf.constants import Keys
     from cpullm.gguf.reader import GGUFFile
+    from cpullm.mistral_chat import format_label
 
     f = GGUFFile(path)
     md = f.metadata
@@ -132,6 +133,7 @@ def _info_dict(path: Path) -> dict:
             "eos_id": md.get(Keys.EOS_ID),
         },
         "chat_template": Keys.CHAT_TEMPLATE in md,
+        "chat_format": format_label(md),
         "supported": True,
         "problem": None,
     }
@@ -197,6 +199,7 @@ def _print_info(d: dict) -> None:
             ("sliding window", dims["sliding_window"] or "none"),
         ]
     rows.append(("chat template", "yes" if d["chat_template"] else "no"))
+    rows.append(("chat format", d["chat_format"]))
     if not d["supported"]:
         rows.append(("supported", f"no: {d['problem']}"))
     width = max(len(k) for k, _ in rows)

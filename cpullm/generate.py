@@ -95,7 +95,8 @@ def generate(
             sampler.reseed(seed)
     past = 0 if reset else model.n_past
     need = past + len(prompt) + max_tokens
-    if need > model.n_ctx:
+    sliding = getattr(model, "auto_slide", False) or getattr(model, "rolling", False)
+    if need > model.n_ctx and not sliding:
         held = f" + {past} tokens already in context" if past else ""
         raise CpullmError(
             f"the prompt ({len(prompt)} tokens){held} + {max_tokens} new tokens need a "

@@ -240,11 +240,31 @@ def test_reset_system_and_context_full(session, smollm2_model):
     assert s.messages == [{"role": "system", "content": "You answer in one word."}]
     s.reset(None)
     assert s.messages == [] and s.system is None
-    with pytest.raises(ContextFullError, match="raise --ctx"):
-        s.send("word " * 400)
+    smollm2_model.auto_slide = False  # without the sliding cache: a clear error
+    try:
+        with pytest.raises(ContextFullError, match="raise --ctx"):
+            s.send("word " * 400)
+    finally:
+        smollm2_model.auto_slide = True
     assert s.messages == []  # the failed turn left nothing behind
     s.reply("Hi", max_tokens=2)  # and the session still works
     assert s.messages[0] == {"role": "user", "content": "Hi"}
+
+
+def test_long_message_slides_and_keeps_system_prompt(session, smollm2_model):
+    """A message longer than the context: old tokens are dropped, the system prompt stays
+    pinned, the reply still comes and the stats say what was dropped."""
+    s = session
+    s.set_system("You answer in one word.")
+    pinned = smollm2_model.n_keep
+    assert pinned > 0
+    system_ids = s.prompt_ids()[:pinned]
+    s.reply("word " * 400, max_tokens=3)
+    assert s.last.dropped > 0 and "dropped" in format_stats(s.last)
+    assert smollm2_model.n_past <= smollm2_model.capacity
+    assert smollm2_model.history[:pinned] == system_ids
+    s.reply("And again?", max_tokens=3)  # the conversation goes on
+    assert smollm2_model.history[:pinned] == system_ids
 
 
 def test_seeded_chat_repeats(smollm2_model):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from cpullm.kernels.simd import q4_dot, q8_dot
 from cpullm.kernels.tables import QK, T_BF16, T_F16, T_F32, T_Q4_0, T_Q4_1, T_Q8_0
 
 
@@ -24,57 +25,92 @@ def _f16(data, p, lut):
     return lut[0, np.int64(data[p]) | (np.int64(data[p + 1]) << 8)]
 
 
+@nb.njit(cache=True, inline="always")
+def _qblock(data, p, qtype, x, xb, dx, sx, lut):
+    """One weight block at byte p times activation block xb (scale dx, sum sx), as f32."""
+    dw = _f16(data, p, lut)
+    if qtype == T_Q8_0:
+        return dw * dx * np.float32(q8_dot(data, p + 2, x, xb))
+    if qtype == T_Q4_0:
+        # sum (q-8)*x = sum q*x - 8*sum x; the block sum sx = dx*sum(x_q)
+        return dw * (dx * np.float32(q4_dot(data, p + 2, x, xb)) - np.float32(8.0) * sx)
+    # Q4_1: d*q + m
+    return dw * dx * np.float32(q4_dot(data, p + 4, x, xb)) + _f16(data, p + 2, lut) * sx
+
+
+@nb.njit(cache=True, inline="always")
+def _bsize(qtype):
+    return 34 if qtype == T_Q8_0 else (18 if qtype == T_Q4_0 else 20)
+
+
+ROWS_PER_ITER = 4
+
+
+@nb.njit(cache=True, parallel=True)
+def matvec(data, off, qtype, rows, cols, x, xd, xs, lut, out):
+    """Decode (one token) product for Q8_0/Q4_0/Q4_1 weights: out[r] = sum_c W[r, c] x[c].
+
+    x (>=cols,) i8 and xd, xs (>=cols/32,) f32 are one row of :func:`quantize_rows_q8`;
+    out (>=rows,) f32. Each iteration takes ROWS_PER_ITER rows, so every activation
+    block is loaded once for four weight rows; nothing is allocated."""
+    nblk = cols // QK
+    rb = nblk * _bsize(qtype)
+    bsz = _bsize(qtype)
+    ng = rows // ROWS_PER_ITER
+    for g in nb.prange(ng):
+        r = g * ROWS_PER_ITER
+        p0 = off + r * rb
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        for b in range(nblk):
+            xb = b * QK
+            dx = xd[b]
+            sx = xs[b]
+            p = p0 + b * bsz
+            a0 += _qblock(data, p, qtype, x, xb, dx, sx, lut)
+            a1 += _qblock(data, p + rb, qtype, x, xb, dx, sx, lut)
+            a2 += _qblock(data, p + 2 * rb, qtype, x, xb, dx, sx, lut)
+            a3 += _qblock(data, p + 3 * rb, qtype, x, xb, dx, sx, lut)
+        out[r] = a0
+        out[r + 1] = a1
+        out[r + 2] = a2
+        out[r + 3] = a3
+    for r in range(ng * ROWS_PER_ITER, rows):  # the last rows % 4
+        a = np.float32(0.0)
+        for b in range(nblk):
+            a += _qblock(data, off + r * rb + b * bsz, qtype, x, b * QK, xd[b], xs[b], lut)
+        out[r] = a
+
+
 @nb.njit(cache=True, parallel=True)
 def matmul(data, off, qtype, rows, cols, T, xq, xd, xs, xf, lut, out):
     """data (file,) u8; xq (>=T, >=cols) i8; xd, xs (>=T, >=cols/32) f32; xf (>=T, >=cols) f32;
     lut (2, 65536) f32; out (>=T, >=rows) f32.  Writes out[:T, :rows].
 
     Buffers are passed whole (C-contiguous) with explicit T and sizes, so one
-    compiled specialization serves every call."""
+    compiled specialization serves every call. One token with a block weight type
+    goes to :func:`matvec`; otherwise the sums accumulate straight into ``out``."""
     nblk = cols // QK
-    if qtype == T_Q8_0:
-        rb = nblk * 34
-        for r in nb.prange(rows):
-            acc = np.zeros(T, dtype=np.float32)
-            for b in range(nblk):
-                p = off + r * rb + b * 34
-                dw = _f16(data, p, lut)
-                for t in range(T):
-                    isum = 0
-                    for j in range(QK):
-                        isum += np.int32(np.int8(data[p + 2 + j])) * np.int32(xq[t, b * QK + j])
-                    acc[t] += dw * xd[t, b] * np.float32(isum)
-            for t in range(T):
-                out[t, r] = acc[t]
-    elif qtype == T_Q4_0 or qtype == T_Q4_1:
-        bsz = 18 if qtype == T_Q4_0 else 20
-        qoff = bsz - 16
+    if qtype == T_Q8_0 or qtype == T_Q4_0 or qtype == T_Q4_1:
+        if T == 1:
+            matvec(data, off, qtype, rows, cols, xq[0], xd[0], xs[0], lut, out[0])
+            return
+        bsz = _bsize(qtype)
         rb = nblk * bsz
         for r in nb.prange(rows):
-            acc = np.zeros(T, dtype=np.float32)
+            for t in range(T):
+                out[t, r] = 0.0
             for b in range(nblk):
                 p = off + r * rb + b * bsz
-                dw = _f16(data, p, lut)
                 for t in range(T):
-                    isum = 0
-                    for j in range(16):
-                        byte = np.int32(data[p + qoff + j])
-                        isum += (byte & 15) * np.int32(xq[t, b * QK + j])
-                        isum += (byte >> 4) * np.int32(xq[t, b * QK + 16 + j])
-                    if qtype == T_Q4_0:
-                        # sum (q-8)*x = sum q*x - 8*sum x; the block sum s = d*sum(x_q)
-                        acc[t] += dw * (xd[t, b] * np.float32(isum) - np.float32(8.0) * xs[t, b])
-                    else:
-                        mw = lut[0, np.int64(data[p + 2]) | (np.int64(data[p + 3]) << 8)]
-                        acc[t] += dw * xd[t, b] * np.float32(isum) + mw * xs[t, b]
-            for t in range(T):
-                out[t, r] = acc[t]
+                    out[t, r] += _qblock(data, p, qtype, xq[t], b * QK, xd[t, b], xs[t, b], lut)
     else:
         # float weights: F32 read in place, F16/BF16 through the lookup table
         esz = 4 if qtype == T_F32 else 2
         which = 1 if qtype == T_BF16 else 0
         for r in nb.prange(rows):
-            acc = np.zeros(T, dtype=np.float32)
             p0 = off + r * cols * esz
             if qtype == T_F32:
                 w = data[p0 : p0 + cols * 4].view(np.float32)
@@ -82,15 +118,15 @@ def matmul(data, off, qtype, rows, cols, T, xq, xd, xs, xf, lut, out):
                     a = np.float32(0.0)
                     for c in range(cols):
                         a += w[c] * xf[t, c]
-                    acc[t] = a
+                    out[t, r] = a
             else:
+                for t in range(T):
+                    out[t, r] = 0.0
                 for c in range(cols):
                     p = p0 + 2 * c
                     wv = lut[which, np.int64(data[p]) | (np.int64(data[p + 1]) << 8)]
                     for t in range(T):
-                        acc[t] += wv * xf[t, c]
-            for t in range(T):
-                out[t, r] = acc[t]
+                        out[t, r] += wv * xf[t, c]
 
 
 @nb.njit(cache=True)
