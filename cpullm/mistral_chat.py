@@ -212,3 +212,40 @@ def _is_builtin_mistral_template(tmpl: str) -> bool:
     except ImportError:  # the converter is not installed with the runtime
         return False
     return tmpl in (SPM_CHAT_TEMPLATE, TEKKEN_CHAT_TEMPLATE)
+
+
+class MistralTemplate:
+    """The chat-template interface (``encode``, ``stop_ids``, ``name``) over
+    :func:`encode_mistral_chat`, so a chat with a Mistral model gets exactly the ids
+    mistral_common would give."""
+
+    def __init__(self, tokenizer, fmt: str) -> None:
+        if fmt not in FORMATS:
+            raise MistralChatError(f"unknown Mistral chat format {fmt!r}")
+        self.tokenizer = tokenizer
+        self.fmt = fmt
+        self.name = f"mistral {fmt}"
+        self.source = ""
+
+    def encode(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+               content_ids: Any = None, **extra: Any) -> list[int]:
+        msgs = list(messages)
+        if not any(m.get("role") == "user" for m in msgs):
+            return [self.tokenizer.bos_id]  # nothing before a user turn is fixed but BOS
+        return encode_mistral_chat(self.tokenizer, self.fmt, msgs, add_generation_prompt)
+
+    def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+               **extra: Any) -> str:
+        return self.tokenizer.decode(self.encode(messages), skip_special=False)
+
+    def stop_ids(self) -> set[int]:
+        return set()  # EOS ends an assistant turn in every Mistral format
+
+
+def template_for(metadata: Mapping[str, Any], tokenizer) -> MistralTemplate | None:
+    """A token-level Mistral template when ``cpullm info`` would call the chat format
+    Mistral (a Mistral vocabulary without a template of its own), else None."""
+    label = format_label(metadata)
+    if not label.startswith("mistral "):
+        return None
+    return MistralTemplate(tokenizer, label.split(" ", 1)[1])

@@ -158,6 +158,11 @@ class ChatTemplate:
                     f"unknown chat template {name!r}; built-in: {', '.join(BUILTIN)}"
                 )
             return cls(BUILTIN[name], tokenizer, name=name)
+        from cpullm.mistral_chat import template_for
+
+        mistral = template_for(metadata, tokenizer)
+        if mistral is not None:  # token-level, id-exact with mistral_common
+            return mistral
         src = metadata.get(Keys.CHAT_TEMPLATE)
         if isinstance(src, str) and src.strip():
             return cls(src, tokenizer, name="file")

@@ -241,3 +241,35 @@ def test_info_shows_tokenizer_format_and_window(window_gguf, nemo_gguf, tmp_path
     for needle in ("tokenizer       llama", "vocab 32000", "sliding window  8",
                    "chat format     mistral v1"):
         assert needle in r.stdout, (needle, r.stdout)
+
+
+def test_chat_session_uses_mistral_encoding(nemo_gguf):
+    """`cpullm chat` on a Mistral-vocabulary file speaks mistral_common's format: every
+    turn's prompt ids equal encode_chat_completion's for the conversation so far."""
+    from mistral_common.protocol.instruct.messages import (
+        AssistantMessage,
+        SystemMessage,
+        UserMessage,
+    )
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    from cpullm.chat import ChatSession
+    from cpullm.sampler import SamplingParams
+
+    mt = MistralTokenizer.from_file(str(Path(
+        __import__("mistral_common").__file__).parent / "data" / "tekken_240718.json"))
+    cls = {"system": SystemMessage, "user": UserMessage, "assistant": AssistantMessage}
+
+    def reference(msgs: list[dict]) -> list[int]:
+        req = ChatCompletionRequest(messages=[cls[x["role"]](**x) for x in msgs])
+        return mt.encode_chat_completion(req).tokens
+
+    m = Model.open(nemo_gguf, n_ctx=128)
+    s = ChatSession(m, system="Be brief.", params=SamplingParams(temperature=0.0), max_tokens=3)
+    assert s.template.name == "mistral v3-tekken"
+    for question in ("Bonjour, ça va ?", "What is [INST] in 日本語?"):
+        msgs = s.conversation() + [{"role": "user", "content": question}]
+        assert s.prompt_ids(msgs) == reference(msgs)
+        s.reply(question)
+        assert s.last.prompt_tokens == len(reference(msgs))
