@@ -365,3 +365,40 @@ def test_stream_gpt2_cjk_emoji(smollm2_path, text):
     ids = tok.encode(text)
     pieces = _check_stream(tok, ids)
     assert "".join(pieces) == tok.decode(ids) == text
+
+
+# ---- Tekken (Mistral NeMo): byte-level BPE over 131k tokens ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def tekken_tok():
+    from pathlib import Path
+
+    mc = pytest.importorskip("mistral_common")
+    from converter.tokenizers import from_tekken
+
+    return Tokenizer.from_metadata(from_tekken(Path(mc.__file__).parent / "data" /
+                                               "tekken_240718.json"))
+
+
+@pytest.mark.parametrize("text", CJK_EMOJI)
+def test_stream_tekken_cjk_emoji(tekken_tok, text):
+    ids = tekken_tok.encode(text, add_bos=False)
+    pieces = _check_stream(tekken_tok, ids, at_start=True)
+    assert "".join(pieces) == tekken_tok.decode(ids) == text
+    pieces, _ = _stream(tekken_tok, ids, ["🎉"])
+    assert "".join(pieces) == _expected(text, ["🎉"])
+
+
+def test_tekken_splits_rare_characters_across_tokens(tekken_tok):
+    """So the streaming test above really holds partial characters back."""
+    ids = tekken_tok.encode("rare: 龘齉鱻 🫠🦩🥹 👩‍👩‍👧 🇫🇷 ꙮ𓀀", add_bos=False)
+    assert sum(not _valid_alone(tekken_tok.token_bytes(i)) for i in ids) >= 4
+
+
+def _valid_alone(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
