@@ -377,17 +377,27 @@ def bench(
     json_out: bool = typer.Option(
         False, "--json", help="Print a JSON array (one object per test) instead of a table."
     ),
+    against: str | None = typer.Option(
+        None, "--against", help="Path to a llama-bench executable: run it on the same file, "
+        "tests and threads, alternating with cpullm, and print the ratio.", show_default=False,
+    ),
 ) -> None:
     """Measure prompt processing (ppN) and generation (tgN) speed in tokens/s, like
     llama-bench. Each test runs once as an uncounted warm-up, then REPS times."""
     from cpullm import hub
-    from cpullm.bench import format_table, run_bench
+    from cpullm.bench import bench_against, format_table, run_bench
 
     path = hub.resolve(model)
-    results = run_bench(
-        path, n_prompt=n_prompt, n_gen=n_gen, threads=threads or physical_cores(), reps=reps,
-        progress=None if json_out else _err,
-    )
+    progress = None if json_out else _err
+    if against:
+        results = bench_against(path, against, n_prompt=n_prompt, n_gen=n_gen,
+                                threads=threads or physical_cores(), reps=reps,
+                                progress=progress)
+    else:
+        results = run_bench(
+            path, n_prompt=n_prompt, n_gen=n_gen, threads=threads or physical_cores(),
+            reps=reps, progress=progress,
+        )
     if json_out:
         import json
 

@@ -46,8 +46,8 @@ def test_quantize_rows_q8_bit_exact(T):
 
 
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize("T", [1, 5])
-@pytest.mark.parametrize("rows", [50, 3])  # T == 1: groups of 4 rows plus a tail, tail only
+@pytest.mark.parametrize("T", [1, 5, 11])  # T > 1: 4-token tiles plus a token tail
+@pytest.mark.parametrize("rows", [50, 3, 130])  # groups of 4 rows plus a tail, tail only
 def test_matmul_matches_twin(qtype, T, rows):
     rng = np.random.default_rng(int(qtype) * 10 + T + rows)
     cols = 96
@@ -156,3 +156,63 @@ def test_f32_to_f16_bit_exact_with_numpy():
     convert(x, out)
     with np.errstate(over="ignore"):
         np.testing.assert_array_equal(out, x.astype(np.float16).view(np.uint16))
+
+
+@pytest.mark.parametrize("vnni", [True, False], ids=["vnni", "portable"])
+@pytest.mark.parametrize("qtype", [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1],
+                         ids=lambda t: t.name)
+def test_tile_intrinsic_both_code_paths(monkeypatch, qtype, vnni):
+    """The 4x4 tile with vpdpbusd and with the portable widened multiply (CPUs without
+    VNNI) agree with the numpy twin; compiled fresh, outside the cache."""
+    import numba
+
+    from cpullm.kernels import simd
+
+    if vnni and not simd._vnni():
+        pytest.skip("this CPU has no VNNI")
+    monkeypatch.setattr(simd, "_USE_VNNI", vnni)
+    tile = simd.make_tile(int(qtype), 4, 4)
+
+    @numba.njit
+    def run(data, rb, nblk, xq, xd, xs, lut, out):
+        tile(data, 0, rb, nblk, xq, 0, xq.shape[1], xd, xs, 0, xd.shape[1], lut, out, 0,
+             out.shape[1])
+
+    rng = np.random.default_rng(7)
+    rows, cols, T = 4, 128, 4
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    raw = quants.quantize(w, qtype)
+    x = rng.standard_normal((T, cols)).astype(np.float32)
+    xq = np.zeros((T, cols), np.int8)
+    xd = np.zeros((T, cols // 32), np.float32)
+    xs = np.zeros((T, cols // 32), np.float32)
+    quantize_rows_q8(x, T, cols, xq, xd, xs)
+    out = np.zeros((T, rows), np.float32)
+    run(raw.reshape(-1), raw.shape[1] if raw.ndim == 2 else raw.nbytes // rows, cols // 32,
+        xq, xd, xs, LUT, out)
+    ref = reference.linear(quants.dequantize(raw, qtype, cols).astype(np.float64), qtype, x)
+    assert rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16])
+def test_vdot_vaxpy(dtype):
+    import numba
+
+    from cpullm.kernels.simd import vaxpy, vdot
+
+    @numba.njit
+    def run(q, k, lut, out):
+        s = vdot(q, 16, k, 32, 64, lut)
+        vaxpy(out, 16, np.float32(0.5), k, 32, 64, lut)
+        return s
+
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal(96).astype(np.float32)
+    kf = rng.standard_normal(128).astype(np.float32)
+    k = kf.astype(np.float16).view(np.uint16) if dtype == np.uint16 else kf
+    kv = kf.astype(np.float16).astype(np.float32) if dtype == np.uint16 else kf
+    out = np.ones(96, np.float32)
+    s = run(q, k, LUT, out)
+    np.testing.assert_allclose(s, q[16:80] @ kv[32:96], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[16:80], 1 + 0.5 * kv[32:96], rtol=1e-6)
+    assert (out[:16] == 1).all() and (out[80:] == 1).all()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from cpullm.kernels.simd import q4_dot, q8_dot
+from cpullm.kernels.simd import make_tile, q4_dot, q8_dot
 from cpullm.kernels.tables import QK, T_BF16, T_F16, T_F32, T_Q4_0, T_Q4_1, T_Q8_0
 
 
@@ -44,6 +44,54 @@ def _bsize(qtype):
 
 
 ROWS_PER_ITER = 4
+TOKENS_PER_TILE = 4
+
+# one intrinsic per (weight type, rows, tokens) tile shape, see simd.make_tile
+_q40_41 = make_tile(T_Q4_0, 4, 1)
+_q41_41 = make_tile(T_Q4_1, 4, 1)
+_q80_41 = make_tile(T_Q8_0, 4, 1)
+_q40_11 = make_tile(T_Q4_0, 1, 1)
+_q41_11 = make_tile(T_Q4_1, 1, 1)
+_q80_11 = make_tile(T_Q8_0, 1, 1)
+_q40_44 = make_tile(T_Q4_0, 4, 4)
+_q41_44 = make_tile(T_Q4_1, 4, 4)
+_q80_44 = make_tile(T_Q8_0, 4, 4)
+_q40_14 = make_tile(T_Q4_0, 1, 4)
+_q41_14 = make_tile(T_Q4_1, 1, 4)
+_q80_14 = make_tile(T_Q8_0, 1, 4)
+
+
+@nb.njit(cache=True, inline="always")
+def _tile(R, TT, qtype, data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost):
+    """out[oo + t*ost + r] = row r (at p0 + r*rb) . token t, for r < R, t < TT (R, TT in 1, 4)."""
+    if R == 4 and TT == 4:
+        if qtype == T_Q4_0:
+            _q40_44(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
+        elif qtype == T_Q4_1:
+            _q41_44(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
+        else:
+            _q80_44(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
+    elif R == 1 and TT == 4:
+        if qtype == T_Q4_0:
+            _q40_14(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
+        elif qtype == T_Q4_1:
+            _q41_14(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
+        else:
+            _q80_14(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
+    elif R == 4:
+        if qtype == T_Q4_0:
+            _q40_41(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
+        elif qtype == T_Q4_1:
+            _q41_41(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
+        else:
+            _q80_41(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
+    else:
+        if qtype == T_Q4_0:
+            _q40_11(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
+        elif qtype == T_Q4_1:
+            _q41_11(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
+        else:
+            _q80_11(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
 
 
 @nb.njit(cache=True, parallel=True)
@@ -52,36 +100,37 @@ def matvec(data, off, qtype, rows, cols, x, xd, xs, lut, out):
 
     x (>=cols,) i8 and xd, xs (>=cols/32,) f32 are one row of :func:`quantize_rows_q8`;
     out (>=rows,) f32. Each iteration takes ROWS_PER_ITER rows, so every activation
-    block is loaded once for four weight rows; nothing is allocated."""
+    block is loaded once for four weight rows; the sums stay in vector registers
+    (see :func:`cpullm.kernels.simd.make_tile`); nothing is allocated."""
     nblk = cols // QK
     rb = nblk * _bsize(qtype)
-    bsz = _bsize(qtype)
     ng = rows // ROWS_PER_ITER
     for g in nb.prange(ng):
         r = g * ROWS_PER_ITER
-        p0 = off + r * rb
-        a0 = np.float32(0.0)
-        a1 = np.float32(0.0)
-        a2 = np.float32(0.0)
-        a3 = np.float32(0.0)
-        for b in range(nblk):
-            xb = b * QK
-            dx = xd[b]
-            sx = xs[b]
-            p = p0 + b * bsz
-            a0 += _qblock(data, p, qtype, x, xb, dx, sx, lut)
-            a1 += _qblock(data, p + rb, qtype, x, xb, dx, sx, lut)
-            a2 += _qblock(data, p + 2 * rb, qtype, x, xb, dx, sx, lut)
-            a3 += _qblock(data, p + 3 * rb, qtype, x, xb, dx, sx, lut)
-        out[r] = a0
-        out[r + 1] = a1
-        out[r + 2] = a2
-        out[r + 3] = a3
+        _tile(4, 1, qtype, data, off + r * rb, rb, nblk, x, 0, 0, xd, xs, 0, 0, lut, out, r, 0)
     for r in range(ng * ROWS_PER_ITER, rows):  # the last rows % 4
-        a = np.float32(0.0)
-        for b in range(nblk):
-            a += _qblock(data, off + r * rb + b * bsz, qtype, x, b * QK, xd[b], xs[b], lut)
-        out[r] = a
+        _tile(1, 1, qtype, data, off + r * rb, rb, nblk, x, 0, 0, xd, xs, 0, 0, lut, out, r, 0)
+
+
+@nb.njit(cache=True, inline="always")
+def _rows_tile(TT, qtype, data, off, rb, nblk, r0, r1, t0, xq, xd, xs, lut, out):
+    xst = xq.shape[1]
+    dst = xd.shape[1]
+    ost = out.shape[1]
+    r = r0
+    while r + 4 <= r1:
+        _tile(4, TT, qtype, data, off + r * rb, rb, nblk, xq, t0 * xst, xst, xd, xs,
+              t0 * dst, dst, lut, out, t0 * ost + r, ost)
+        r += 4
+    while r < r1:
+        _tile(1, TT, qtype, data, off + r * rb, rb, nblk, xq, t0 * xst, xst, xd, xs,
+              t0 * dst, dst, lut, out, t0 * ost + r, ost)
+        r += 1
+
+
+# weight rows per prefill work item: about this many bytes of weights, reused from cache
+# for every tile of TOKENS_PER_TILE tokens
+CHUNK_BYTES = 256 * 1024
 
 
 @nb.njit(cache=True, parallel=True)
@@ -91,21 +140,29 @@ def matmul(data, off, qtype, rows, cols, T, xq, xd, xs, xf, lut, out):
 
     Buffers are passed whole (C-contiguous) with explicit T and sizes, so one
     compiled specialization serves every call. One token with a block weight type
-    goes to :func:`matvec`; otherwise the sums accumulate straight into ``out``."""
+    goes to :func:`matvec`. Several tokens: the rows are cut into chunks of about
+    CHUNK_BYTES of weights (one per work item); within a chunk, 4-row x 4-token tiles
+    read each weight block once per 4 tokens from cache and each activation block once
+    per 4 rows."""
     nblk = cols // QK
     if qtype == T_Q8_0 or qtype == T_Q4_0 or qtype == T_Q4_1:
         if T == 1:
             matvec(data, off, qtype, rows, cols, xq[0], xd[0], xs[0], lut, out[0])
             return
-        bsz = _bsize(qtype)
-        rb = nblk * bsz
-        for r in nb.prange(rows):
-            for t in range(T):
-                out[t, r] = 0.0
-            for b in range(nblk):
-                p = off + r * rb + b * bsz
-                for t in range(T):
-                    out[t, r] += _qblock(data, p, qtype, xq[t], b * QK, xd[t, b], xs[t, b], lut)
+        rb = nblk * _bsize(qtype)
+        rc = max(4, (CHUNK_BYTES // max(rb, 1)) // 4 * 4)
+        rc = min(rc, max(4, (rows // 16) // 4 * 4))  # enough work items for the threads
+        nch = (rows + rc - 1) // rc
+        for ci in nb.prange(nch):
+            r0 = ci * rc
+            r1 = min(rows, r0 + rc)
+            t0 = 0
+            while t0 + TOKENS_PER_TILE <= T:
+                _rows_tile(4, qtype, data, off, rb, nblk, r0, r1, t0, xq, xd, xs, lut, out)
+                t0 += TOKENS_PER_TILE
+            while t0 < T:
+                _rows_tile(1, qtype, data, off, rb, nblk, r0, r1, t0, xq, xd, xs, lut, out)
+                t0 += 1
     else:
         # float weights: F32 read in place, F16/BF16 through the lookup table
         esz = 4 if qtype == T_F32 else 2

@@ -12,6 +12,7 @@ import numba as nb
 import numpy as np
 
 from cpullm.kernels.half import kv_get, kv_put
+from cpullm.kernels.simd import vaxpy, vdot
 
 
 @nb.njit(cache=True)
@@ -109,6 +110,10 @@ def attention(q, T, layer, pos0, n_heads, n_kv, head_dim, window, kc, vc, att, o
     C = kc.shape[2]
     group = n_heads // n_kv
     scale = np.float32(1.0 / math.sqrt(head_dim))
+    # 16-lane dot / axpy over whole cache rows (see simd.vdot); buffers are C-contiguous
+    vec = head_dim % 16 == 0
+    qs = q.shape[1]
+    os_ = out.shape[1]
     for h in nb.prange(n_heads):
         kh = h // group
         for t in range(T):
@@ -119,9 +124,13 @@ def attention(q, T, layer, pos0, n_heads, n_kv, head_dim, window, kc, vc, att, o
             mx = np.float32(-np.inf)
             for j in range(start, p + 1):
                 slot = j % C
-                s = np.float32(0.0)
-                for i in range(head_dim):
-                    s += q[t, h * head_dim + i] * kv_get(kc[layer, kh, slot, i], lut)
+                if vec:
+                    s = vdot(q, t * qs + h * head_dim, kc,
+                             ((layer * n_kv + kh) * C + slot) * head_dim, head_dim, lut)
+                else:
+                    s = np.float32(0.0)
+                    for i in range(head_dim):
+                        s += q[t, h * head_dim + i] * kv_get(kc[layer, kh, slot, i], lut)
                 s *= scale
                 att[h, slot] = s
                 if s > mx:
@@ -138,8 +147,12 @@ def attention(q, T, layer, pos0, n_heads, n_kv, head_dim, window, kc, vc, att, o
             for j in range(start, p + 1):
                 slot = j % C
                 w = att[h, slot] * inv
-                for i in range(head_dim):
-                    out[t, h * head_dim + i] += w * kv_get(vc[layer, kh, slot, i], lut)
+                if vec:
+                    vaxpy(out, t * os_ + h * head_dim, w, vc,
+                          ((layer * n_kv + kh) * C + slot) * head_dim, head_dim, lut)
+                else:
+                    for i in range(head_dim):
+                        out[t, h * head_dim + i] += w * kv_get(vc[layer, kh, slot, i], lut)
 
 
 @nb.njit(cache=True)
