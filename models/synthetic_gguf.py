@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpullm.gguf import GGMLType, GGUFWriter, TokenType
+from cpullm.gguf import GGMLType, GGUFWriter, TokenType, ValueType
 from cpullm.gguf.constants import BLOCK_LAYOUT
 from models.presets import Preset, get
 
@@ -77,8 +77,8 @@ def write_synthetic(p: Preset, out: str | Path, qtype: GGMLType, seed: int = 0,
         f"{arch}.vocab_size": p.vocab_size,
         "general.file_type": {GGMLType.F32: 0, GGMLType.F16: 1, GGMLType.Q4_0: 2,
                               GGMLType.Q4_1: 3, GGMLType.Q8_0: 7}[qtype],
-        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt2",
-        "tokenizer.ggml.merges": [], "tokenizer.ggml.add_bos_token": False,
+        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "default",
+        "tokenizer.ggml.add_bos_token": False,
     }
     if p.sliding_window:
         md[f"{arch}.attention.sliding_window"] = p.sliding_window
@@ -89,6 +89,7 @@ def write_synthetic(p: Preset, out: str | Path, qtype: GGMLType, seed: int = 0,
     md["tokenizer.ggml.eos_token_id"] = 257
     for k, v in md.items():
         w.add(k, v)
+    w.add("tokenizer.ggml.merges", [], item_type=ValueType.STRING)
     q, kv = p.n_heads * p.head_dim, p.n_kv_heads * p.head_dim
     plan: list[tuple[str, tuple[int, ...], GGMLType, float]] = [
         ("token_embd.weight", (p.vocab_size, p.dim), qtype, 1.0)]

@@ -67,7 +67,7 @@ def _pack_string(s: str) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def _pack_value(value: Any, vtype: ValueType) -> bytes:
+def _pack_value(value: Any, vtype: ValueType, item_type: ValueType | None = None) -> bytes:
     if vtype == ValueType.STRING:
         return _pack_string(value)
     if vtype != ValueType.ARRAY:
@@ -77,8 +77,10 @@ def _pack_value(value: Any, vtype: ValueType) -> bytes:
         le = value.astype(value.dtype.newbyteorder("<"), copy=False)
         return struct.pack("<IQ", etype, len(value)) + le.tobytes()
     items = list(value)
-    etype = _infer_type(items[0]) if items else ValueType.INT32
-    if etype in (ValueType.UINT32, ValueType.INT64) and all(isinstance(v, int) for v in items):
+    etype = item_type if item_type is not None else (
+        _infer_type(items[0]) if items else ValueType.INT32)
+    if (item_type is None and etype in (ValueType.UINT32, ValueType.INT64)
+            and all(isinstance(v, int) for v in items)):
         etype = ValueType.INT32 if all(-(2**31) <= v < 2**31 for v in items) else ValueType.INT64
     parts = [struct.pack("<IQ", etype, len(items))]
     parts += [_pack_value(v, etype) for v in items]
@@ -104,13 +106,17 @@ class GGUFWriter:
         if self._phase not in phases:
             raise RuntimeError(f"GGUFWriter: call not allowed in phase {self._phase!r}")
 
-    def add(self, key: str, value: Any, vtype: ValueType | None = None) -> None:
-        """Add one metadata key/value; the type is inferred unless given."""
+    def add(self, key: str, value: Any, vtype: ValueType | None = None,
+            item_type: ValueType | None = None) -> None:
+        """Add one metadata key/value; the type is inferred unless given. ``item_type``
+        sets the element type of a list (needed for an empty one: readers such as
+        llama.cpp check that ``tokenizer.ggml.merges`` is an array of strings)."""
         self._require("kv")
         if key in self._kv:
             raise ValueError(f"metadata key {key!r} added twice")
         vtype = _infer_type(value) if vtype is None else ValueType(vtype)
-        self._kv[key] = _pack_string(key) + struct.pack("<I", vtype) + _pack_value(value, vtype)
+        packed = _pack_value(value, vtype, item_type)
+        self._kv[key] = _pack_string(key) + struct.pack("<I", vtype) + packed
 
     def add_tensor_info(self, name: str, shape: Sequence[int], qtype: GGMLType) -> None:
         """Declare a tensor; ``shape`` is numpy order (last dimension contiguous)."""
