@@ -36,8 +36,13 @@ def main() -> int:
 
     model = Model.open(hub.resolve(a.model), n_ctx=a.ctx, n_threads=a.threads)
     system = "You are a storyteller. You tell long stories."
-    s = ChatSession(model, system=system, params=SamplingParams(temperature=0.9, seed=1),
-                    max_tokens=400)
+    # end-of-turn tokens are banned (logit bias -inf) so that each reply runs to
+    # max_tokens: the test is about a long generation, not about many short turns
+    tok = model.tokenizer
+    ban = {t: float("-inf") for t in {tok.eos_id, tok.eot_id, tok.token_id("<|im_end|>")}
+           if t is not None}
+    s = ChatSession(model, system=system, max_tokens=2000,
+                    params=SamplingParams(temperature=0.9, seed=1, logit_bias=ban))
     pinned = s.prompt_ids()[: model.n_keep]
     total, turn, samples, t0 = 0, 0, [], time.time()
     warm = a.tokens // 10

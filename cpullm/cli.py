@@ -264,17 +264,22 @@ def generate(
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="Print only the generated text (no progress or statistics)."
     ),
+    kv_type: str = typer.Option(
+        "f16", "--kv-type", help="KV cache type: f16, q8_0 (half of f16's memory) or f32."
+    ),
 ) -> None:
     """Continue PROMPT with MODEL, streaming the text to stdout (statistics go to stderr)."""
     try:
-        _generate(model, prompt, n, temperature, seed, threads, ctx, special, echo, quiet)
+        _generate(model, prompt, n, temperature, seed, threads, ctx, special, echo, quiet,
+                  kv_type)
     except KeyboardInterrupt:
         sys.stdout.flush()
         _err("interrupted")
         raise typer.Exit(130) from None
 
 
-def _generate(model, prompt, n, temperature, seed, threads, ctx, special, echo, quiet) -> None:
+def _generate(model, prompt, n, temperature, seed, threads, ctx, special, echo, quiet,
+              kv_type="f16") -> None:
     from cpullm import hub
 
     path = hub.resolve(model)
@@ -292,7 +297,7 @@ def _generate(model, prompt, n, temperature, seed, threads, ctx, special, echo, 
     if not ids:
         raise CpullmError("the prompt is empty (and the model adds no BOS token)")
     need = len(ids) + n
-    m = Model(f, n_ctx=ctx or need, n_threads=threads or physical_cores())
+    m = Model(f, n_ctx=ctx or need, n_threads=threads or physical_cores(), kv_type=kv_type)
     if ctx and ctx > m.config.context_length:
         say(f"note: --ctx {ctx} is more than the model's context length "
             f"{m.config.context_length}; using {m.n_ctx}")
@@ -483,8 +488,15 @@ def chat(
         help="Use a built-in chat format instead of the file's: chatml, mistral-v1, "
         "mistral-v3, mistral-tekken.", show_default=False,
     ),
+    kv_type: str = typer.Option(
+        "f16", "--kv-type", help="KV cache type: f16, q8_0 (half of f16's memory, for long "
+        "contexts), or f32.",
+    ),
 ) -> None:
-    """Talk with MODEL: an interactive chat with streamed replies. Type /help inside."""
+    """Talk with MODEL: an interactive chat with streamed replies. Type /help inside.
+
+    A conversation longer than the context slides: the oldest tokens after the system
+    prompt are dropped (the stats line says so) and the chat goes on."""
     from cpullm import hub
     from cpullm.chat import ChatSession, repl
     from cpullm.model import Model
@@ -495,10 +507,11 @@ def chat(
         temperature=temperature, top_k=top_k, top_p=max(top_p, 1e-6), min_p=min_p,
         repeat_penalty=max(repeat_penalty, 1e-6), seed=seed,
     )
-    m = Model.open(path, n_ctx=ctx or CHAT_DEFAULT_CTX, n_threads=threads or physical_cores())
-    if ctx and ctx > m.config.context_length:
-        _err(f"note: --ctx {ctx} is more than the model's context length "
-             f"{m.config.context_length}; using {m.n_ctx}")
+    from cpullm.gguf.reader import GGUFFile
+
+    f = GGUFFile(path)
+    n_ctx = _fit_context(f, ctx or CHAT_DEFAULT_CTX, kv_type, explicit=ctx is not None)
+    m = Model(f, n_ctx=n_ctx, n_threads=threads or physical_cores(), kv_type=kv_type)
     session = ChatSession(m, system=system, params=params, template=template, max_tokens=n)
     compiled = _kernels_cached()
     if not compiled:
@@ -508,6 +521,33 @@ def chat(
     _err(f"{path.name}: context {m.n_ctx} tokens, chat template {session.template.name}. "
          "/help for commands, Ctrl-D to quit.")
     repl(session)
+
+
+def _fit_context(f, want: int, kv_type: str, explicit: bool) -> int:
+    """``want`` tokens of context, at most the model's own length and at most what fits in
+    half of the memory available now (a 128k NeMo context in f16 is 20 GiB); says so."""
+    from cpullm.config import ModelConfig
+    from cpullm.model import KV_BYTES_PER_VALUE
+
+    if kv_type not in KV_BYTES_PER_VALUE:
+        raise CpullmError(f"--kv-type must be one of {', '.join(KV_BYTES_PER_VALUE)}")
+    cfg = ModelConfig.from_metadata(f.metadata, vocab_size=f.info("token_embd.weight").shape[0])
+    n = min(want, cfg.context_length)
+    if explicit and want > cfg.context_length:
+        _err(f"note: --ctx {want} is more than the model's context length "
+             f"{cfg.context_length}; using {n}")
+    per_token = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * KV_BYTES_PER_VALUE[kv_type]
+    try:
+        with open("/proc/meminfo") as mi:
+            avail = next(int(x.split()[1]) * 1024 for x in mi if x.startswith("MemAvailable"))
+    except (OSError, StopIteration, ValueError):
+        return n
+    fit = max(256, int(avail * 0.5 // per_token))
+    if n > fit:
+        _err(f"note: a {n}-token {kv_type} KV cache would need "
+             f"{n * per_token / 2**30:.1f} GiB; using {fit} tokens (--kv-type q8_0 halves it)")
+        n = fit
+    return n
 
 
 @app.command()

@@ -36,8 +36,10 @@ from cpullm.kernels.ops import shift_kv
 from cpullm.kernels.tables import half_tables
 
 DEFAULT_BATCH = 64  # prompt tokens per compiled call during prefill
-# KV cache element types: f16 is stored as uint16 bit patterns (see kernels.half)
-KV_TYPES = {"f16": np.uint16, "f32": np.float32}
+# KV cache element types: f16 is stored as uint16 bit patterns, q8_0 as int8 with one
+# float32 scale per 32 values of a row (see kernels.half)
+KV_TYPES = {"f16": np.uint16, "f32": np.float32, "q8_0": np.int8}
+KV_BYTES_PER_VALUE = {"f16": 2.0, "f32": 4.0, "q8_0": 1.125}
 
 
 def _check_shape(f: GGUFFile, name: str, shape: tuple[int, ...]) -> None:
@@ -79,6 +81,11 @@ class Model:
             self.capacity = self.n_ctx
         if kv_type not in KV_TYPES:
             raise CpullmError(f"KV cache type {kv_type!r} is not one of {', '.join(KV_TYPES)}")
+        if kv_type == "q8_0" and cfg.head_dim % 32:
+            raise CpullmError(
+                f"a q8_0 KV cache needs head_dim to be a multiple of 32 (it is {cfg.head_dim}); "
+                f"use f16"
+            )
         self.kv_type = kv_type
         self.n_threads = n_threads
         self.auto_slide = False  # drop old tokens when the context is full (chat turns it on)
@@ -150,6 +157,10 @@ class Model:
         kv_shape = (c.n_layers, c.n_kv_heads, self.capacity, c.head_dim)
         self.k_cache = np.zeros(kv_shape, dtype=KV_TYPES[self.kv_type])
         self.v_cache = np.zeros(kv_shape, dtype=KV_TYPES[self.kv_type])
+        # q8_0 block scales; a never-read dummy for the other types
+        sc_shape = kv_shape[:3] + (c.head_dim // 32,) if self.kv_type == "q8_0" else (1, 1, 1, 1)
+        self.k_scales = np.zeros(sc_shape, dtype=f32)
+        self.v_scales = np.zeros(sc_shape, dtype=f32)
         maxcols = max(c.dim, c.q_dim, c.ffn_dim)
         self.x = np.zeros((B, c.dim), f32)
         self.xn = np.zeros((B, c.dim), f32)
@@ -204,8 +215,8 @@ class Model:
             raise CpullmError(
                 f"{n_needed} tokens do not fit a context of {self.capacity} with {keep} pinned"
             )
-        shift_kv(self.k_cache, self.v_cache, keep, n_discard, self.n_past,
-                 self.config.rope_dim, self.inv_freq, self.lut)
+        shift_kv(self.k_cache, self.v_cache, self.k_scales, self.v_scales, keep, n_discard,
+                 self.n_past, self.config.rope_dim, self.inv_freq, self.lut)
         del self.history[keep : keep + n_discard]
         self.n_past -= n_discard
         self.n_dropped += n_discard
@@ -245,15 +256,21 @@ class Model:
             forward(
                 self._tokens, T, self.n_past, self.file.data, self.lut, self.mats, self.norms,
                 self.out_norm, self.embd, self.head, self.dims, np.float32(self.config.rms_eps),
-                self.inv_freq, self.k_cache, self.v_cache, self.x, self.xn, self.qb, self.kb,
-                self.vb, self.ao, self.gb, self.ub, self.xq, self.xd, self.xs, self.att,
-                self.logits, all_logits,
+                self.inv_freq, self.k_cache, self.v_cache, self.k_scales, self.v_scales, self.x,
+                self.xn, self.qb, self.kb, self.vb, self.ao, self.gb, self.ub, self.xq, self.xd,
+                self.xs, self.att, self.logits, all_logits,
             )
             self.n_past += T
             self.history.extend(chunk.tolist())
             if out is not None:
                 out[start : start + T] = self.logits[:T]
         return out if out is not None else self.logits[0]
+
+    @property
+    def kv_bytes(self) -> int:
+        """Memory of the KV cache (values and scales)."""
+        return (self.k_cache.nbytes + self.v_cache.nbytes + self.k_scales.nbytes
+                + self.v_scales.nbytes)
 
     def _set_threads(self) -> None:
         if self.n_threads:

@@ -117,11 +117,12 @@ def test_attention_matches_twin(window):
     S = pos0 + T
     k = rng.standard_normal((S, KV * hd)).astype(np.float32)
     v = rng.standard_normal((S, KV * hd)).astype(np.float32)
-    ops.store_kv(k, v, S, 1, 0, KV, hd, kc, vc)
+    dummy = np.zeros((1, 1, 1, 1), np.float32)
+    ops.store_kv(k, v, S, 1, 0, KV, hd, kc, vc, dummy, dummy)
     q = rng.standard_normal((T, H * hd)).astype(np.float32)
     out = np.zeros((T, H * hd), np.float32)
     att = np.zeros((H, ctx), np.float32)
-    ops.attention(q, T, 1, pos0, H, KV, hd, window, kc, vc, att, out, LUT)
+    ops.attention(q, T, 1, pos0, H, KV, hd, window, kc, vc, dummy, dummy, att, out, LUT)
     positions = np.arange(pos0, pos0 + T)
     ref = reference.attention(q.astype(np.float64), k.astype(np.float64),
                               v.astype(np.float64), positions, np.arange(S), H, KV, hd, window)
@@ -216,3 +217,38 @@ def test_vdot_vaxpy(dtype):
     np.testing.assert_allclose(s, q[16:80] @ kv[32:96], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out[16:80], 1 + 0.5 * kv[32:96], rtol=1e-6)
     assert (out[:16] == 1).all() and (out[80:] == 1).all()
+
+
+@pytest.mark.parametrize("kv", ["f32", "f16", "q8_0"])
+@pytest.mark.parametrize("hd", [32, 64])
+def test_attention_cache_types_match_twin(kv, hd):
+    """store_kv + attention over every cache type equal the twin fed the values the
+    cache holds (f16-rounded, or q8_0 blocks: the activation quantizer's rule)."""
+    rng = np.random.default_rng(9)
+    L, H, KV, ctx, pos0, T = 2, 4, 2, 24, 9, 3
+    S = pos0 + T
+    k = rng.standard_normal((S, KV * hd)).astype(np.float32)
+    v = rng.standard_normal((S, KV * hd)).astype(np.float32)
+    dt = {"f32": np.float32, "f16": np.uint16, "q8_0": np.int8}[kv]
+    kc, vc = np.zeros((L, KV, ctx, hd), dt), np.zeros((L, KV, ctx, hd), dt)
+    sc = (L, KV, ctx, hd // 32) if kv == "q8_0" else (1, 1, 1, 1)
+    ks, vs = np.zeros(sc, np.float32), np.zeros(sc, np.float32)
+    ops.store_kv(k, v, S, 1, 0, KV, hd, kc, vc, ks, vs)
+    q = rng.standard_normal((T, H * hd)).astype(np.float32)
+    out = np.zeros((T, H * hd), np.float32)
+    att = np.zeros((H, ctx), np.float32)
+    ops.attention(q, T, 1, pos0, H, KV, hd, 0, kc, vc, ks, vs, att, out, LUT)
+
+    def held(x):
+        if kv == "f16":
+            return x.astype(np.float16).astype(np.float64)
+        if kv == "q8_0":
+            return reference.dequant_q8_activations(x)
+        return x.astype(np.float64)
+
+    ref = reference.attention(q.astype(np.float64), held(k), held(v), np.arange(pos0, S),
+                              np.arange(S), H, KV, hd)
+    assert rel_err(out, ref) < 1e-5
+    if kv == "q8_0":  # the stored blocks are the activation quantizer's, bit for bit
+        rq, rd, _ = reference.q8_activations(k)
+        np.testing.assert_array_equal(kc[1, :, :S].transpose(1, 0, 2).reshape(S, -1), rq)

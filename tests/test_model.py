@@ -192,3 +192,26 @@ def test_f16_kv_cache_close_to_reference(tmp_path, tokens):
     assert rel_err(decode, ref) < 1e-2
     with pytest.raises(CpullmError, match="KV cache type"):
         Model(f, kv_type="q3")
+
+
+def test_q8_0_kv_cache(tmp_path, tokens):
+    """The q8_0 cache: a quarter of f32's memory, logits close to the reference, and the
+    sliding policy works on it (keys re-quantized after re-rotation)."""
+    f = GGUFFile(make_tiny_gguf(tmp_path / "m.gguf", GGMLType.F32, head_dim=32))
+    model = Model(f, n_batch=8, kv_type="q8_0")
+    assert model.k_cache.dtype == np.int8 and model.k_scales.shape[-1] == 1
+    f32_bytes = Model(f, kv_type="f32").kv_bytes
+    assert model.kv_bytes < 0.3 * f32_bytes
+    ref = reference.forward(f, tokens)
+    assert rel_err(model.eval(tokens, all_logits=True), ref) < 3e-2
+    model.reset()
+    decode = np.stack([model.eval([t]).copy() for t in tokens])
+    assert rel_err(decode, ref) < 3e-2
+    # sliding: close to the same policy on an f32 cache
+    ref_slide = reference.decode_sliding(f, tokens + tokens, capacity=12, n_keep=3)
+    m = Model(f, n_ctx=12, kv_type="q8_0")
+    m.auto_slide, m.n_keep = True, 3
+    ours = np.stack([m.eval([t]).copy() for t in tokens + tokens])
+    assert rel_err(ours, ref_slide) < 5e-2
+    with pytest.raises(CpullmError, match="multiple of 32"):
+        Model(GGUFFile(make_tiny_gguf(tmp_path / "s.gguf")), kv_type="q8_0")  # head_dim 16

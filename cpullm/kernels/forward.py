@@ -33,7 +33,7 @@ def _linear(data, mats, layer, which, rows, cols, T, xq, xd, xs, xf, lut, out):
 
 @nb.njit(cache=True)
 def forward(tokens, T, pos0, data, lut, mats, norms, out_norm, embd, head, dims, eps,
-            inv_freq, kc, vc, x, xn, qb, kb, vb, ao, gb, ub, xq, xd, xs, att, logits,
+            inv_freq, kc, vc, ks, vs, x, xn, qb, kb, vb, ao, gb, ub, xq, xd, xs, att, logits,
             all_logits):
     """Run T tokens through the model.
 
@@ -65,8 +65,9 @@ def forward(tokens, T, pos0, data, lut, mats, norms, out_norm, embd, head, dims,
         _linear(data, mats, layer, ATTN_V, kvdim, dim, T, xq, xd, xs, xn, lut, vb)
         rope(qb, T, n_heads, hd, dims[D_ROPE_DIM], pos0, inv_freq)
         rope(kb, T, n_kv, hd, dims[D_ROPE_DIM], pos0, inv_freq)
-        store_kv(kb, vb, T, layer, pos0, n_kv, hd, kc, vc)
-        attention(qb, T, layer, pos0, n_heads, n_kv, hd, dims[D_WINDOW], kc, vc, att, ao, lut)
+        store_kv(kb, vb, T, layer, pos0, n_kv, hd, kc, vc, ks, vs)
+        attention(qb, T, layer, pos0, n_heads, n_kv, hd, dims[D_WINDOW], kc, vc, ks, vs, att,
+                  ao, lut)
         quantize_rows_q8(ao, T, qdim, xq, xd, xs)
         _linear(data, mats, layer, ATTN_OUT, dim, qdim, T, xq, xd, xs, ao, lut, xn)
         add_into(x, xn, T, dim)

@@ -11,8 +11,7 @@ import math
 import numba as nb
 import numpy as np
 
-from cpullm.kernels.half import kv_get, kv_put
-from cpullm.kernels.simd import vaxpy, vdot
+from cpullm.kernels.half import kv_axpy, kv_copy_row, kv_dot, kv_read, kv_write_row
 
 
 @nb.njit(cache=True)
@@ -51,29 +50,29 @@ def rope(x, T, n_heads, head_dim, rope_dim, pos0, inv_freq):
 
 
 @nb.njit(cache=True)
-def store_kv(k, v, T, layer, pos0, n_kv, head_dim, kc, vc):
-    # kc, vc: float32, or uint16 holding f16 bits (see kernels.half)
+def store_kv(k, v, T, layer, pos0, n_kv, head_dim, kc, vc, ks, vs):
     """Copy T new keys/values (B, n_kv*head_dim) into the cache.
 
     Position p lives in slot p % C (C = kc.shape[2], the cache capacity): a plain cache
-    when positions stay below C, a rolling buffer for sliding-window models."""
+    when positions stay below C, a rolling buffer for sliding-window models.
+    kc, vc: float32, uint16 f16 bits, or int8 q8_0 blocks with scales ks, vs
+    (L, n_kv, C, head_dim/32); see kernels.half."""
     C = kc.shape[2]
     for t in range(T):
         slot = (pos0 + t) % C
         for h in range(n_kv):
-            for i in range(head_dim):
-                kv_put(kc, (layer, h, slot, i), k[t, h * head_dim + i])
-                kv_put(vc, (layer, h, slot, i), v[t, h * head_dim + i])
+            kv_write_row(kc, ks, layer, h, slot, k, t, h * head_dim, head_dim)
+            kv_write_row(vc, vs, layer, h, slot, v, t, h * head_dim, head_dim)
 
 
 @nb.njit(cache=True, parallel=True)
-def shift_kv(kc, vc, n_keep, n_discard, n_past, rope_dim, inv_freq, lut):
+def shift_kv(kc, vc, ks, vs, n_keep, n_discard, n_past, rope_dim, inv_freq, lut):
     """Drop cache positions n_keep .. n_keep+n_discard-1 and close the gap.
 
     Positions n_keep+n_discard .. n_past-1 move down by n_discard (slots == positions:
     only for caches that never wrapped) and their keys are turned back by n_discard
     positions of RoPE, so they read as if computed at their new positions.
-    kc, vc (L, n_kv, C, head_dim); inv_freq (rope_dim/2,) f64.
+    kc, vc (L, n_kv, C, head_dim) with scales ks, vs (q8_0 only); inv_freq (rope_dim/2,).
 
     Example, n_keep 2, n_discard 3, n_past 8: positions [a b c d e f g h] become
     [a b f g h], f g h now at positions 2 3 4."""
@@ -87,35 +86,37 @@ def shift_kv(kc, vc, n_keep, n_discard, n_past, rope_dim, inv_freq, lut):
     for lh in nb.prange(L * n_kv):
         layer = lh // n_kv
         h = lh % n_kv
+        row = np.empty((1, hd), dtype=np.float32)
         for src in range(n_keep + n_discard, n_past):
             dst = src - n_discard
+            kv_copy_row(vc, vs, layer, h, src, dst, hd)
             for i in range(hd):
-                vc[layer, h, dst, i] = vc[layer, h, src, i]
-                kc[layer, h, dst, i] = kc[layer, h, src, i]
+                row[0, i] = kv_read(kc, ks, layer, h, src, i, lut)
             for i in range(half):
-                a = kv_get(kc[layer, h, dst, 2 * i], lut)
-                b = kv_get(kc[layer, h, dst, 2 * i + 1], lut)
-                kv_put(kc, (layer, h, dst, 2 * i), a * cs[i, 0] - b * cs[i, 1])
-                kv_put(kc, (layer, h, dst, 2 * i + 1), a * cs[i, 1] + b * cs[i, 0])
+                a = row[0, 2 * i]
+                b = row[0, 2 * i + 1]
+                row[0, 2 * i] = a * cs[i, 0] - b * cs[i, 1]
+                row[0, 2 * i + 1] = a * cs[i, 1] + b * cs[i, 0]
+            kv_write_row(kc, ks, layer, h, dst, row, 0, 0, hd)
 
 
 @nb.njit(cache=True, parallel=True)
-def attention(q, T, layer, pos0, n_heads, n_kv, head_dim, window, kc, vc, att, out, lut):
+def attention(q, T, layer, pos0, n_heads, n_kv, head_dim, window, kc, vc, ks, vs, att, out,
+              lut):
     """Causal attention with grouped-query heads over the cache.
 
-    q (B, n_heads*head_dim); kc, vc (L, n_kv, C, head_dim); att (n_heads, C) scratch;
-    out (B, n_heads*head_dim). Query t at position p = pos0 + t sees keys at positions
-    max(0, p - window + 1) .. p (window 0: all), position j read from slot j % C; never
-    more than the C most recent positions (the caller sizes C so that none is lost)."""
+    q (B, n_heads*head_dim); kc, vc (L, n_kv, C, head_dim) (+ scales ks, vs for q8_0);
+    att (n_heads, C) scratch; out (B, n_heads*head_dim). Query t at position p = pos0 + t
+    sees keys at positions max(0, p - window + 1) .. p (window 0: all), position j read
+    from slot j % C; never more than the C most recent positions (the caller sizes C so
+    that none is lost). Rows are read 16 lanes at a time where the type allows
+    (kernels.half.kv_dot / kv_axpy)."""
     C = kc.shape[2]
     group = n_heads // n_kv
     scale = np.float32(1.0 / math.sqrt(head_dim))
-    # 16-lane dot / axpy over whole cache rows (see simd.vdot); buffers are C-contiguous
-    vec = head_dim % 16 == 0
-    qs = q.shape[1]
-    os_ = out.shape[1]
     for h in nb.prange(n_heads):
         kh = h // group
+        ho = h * head_dim
         for t in range(T):
             p = pos0 + t
             start = max(0, p - C + 1)
@@ -124,14 +125,7 @@ def attention(q, T, layer, pos0, n_heads, n_kv, head_dim, window, kc, vc, att, o
             mx = np.float32(-np.inf)
             for j in range(start, p + 1):
                 slot = j % C
-                if vec:
-                    s = vdot(q, t * qs + h * head_dim, kc,
-                             ((layer * n_kv + kh) * C + slot) * head_dim, head_dim, lut)
-                else:
-                    s = np.float32(0.0)
-                    for i in range(head_dim):
-                        s += q[t, h * head_dim + i] * kv_get(kc[layer, kh, slot, i], lut)
-                s *= scale
+                s = kv_dot(q, t, ho, kc, ks, layer, kh, slot, head_dim, lut) * scale
                 att[h, slot] = s
                 if s > mx:
                     mx = s
@@ -143,16 +137,10 @@ def attention(q, T, layer, pos0, n_heads, n_kv, head_dim, window, kc, vc, att, o
                 tot += e
             inv = np.float32(1.0) / tot
             for i in range(head_dim):
-                out[t, h * head_dim + i] = 0.0
+                out[t, ho + i] = 0.0
             for j in range(start, p + 1):
                 slot = j % C
-                w = att[h, slot] * inv
-                if vec:
-                    vaxpy(out, t * os_ + h * head_dim, w, vc,
-                          ((layer * n_kv + kh) * C + slot) * head_dim, head_dim, lut)
-                else:
-                    for i in range(head_dim):
-                        out[t, h * head_dim + i] += w * kv_get(vc[layer, kh, slot, i], lut)
+                kv_axpy(out, t, ho, att[h, slot] * inv, vc, vs, layer, kh, slot, head_dim, lut)
 
 
 @nb.njit(cache=True)
