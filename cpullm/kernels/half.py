@@ -77,7 +77,7 @@ def kv_write_row(kc, ks, layer, h, slot, src, t, off, n):
     """Cache row (layer, h, slot) = src[t, off:off+n], converted to the cache's type."""
 
 
-@overload(kv_write_row, inline="always")
+@overload(kv_write_row)  # not IR-inlined: numba warns on its loops; LLVM inlines it
 def _kv_write_row(kc, ks, layer, h, slot, src, t, off, n):
     if _is_q8(kc):
 
@@ -121,7 +121,7 @@ def kv_copy_row(kc, ks, layer, h, src, dst, n):
     """Copy cache row ``src`` to ``dst`` as stored (no re-quantization)."""
 
 
-@overload(kv_copy_row, inline="always")
+@overload(kv_copy_row)
 def _kv_copy_row(kc, ks, layer, h, src, dst, n):
     if _is_q8(kc):
 
