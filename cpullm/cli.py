@@ -298,6 +298,7 @@ def _generate(model, prompt, n, temperature, seed, threads, ctx, special, echo, 
         raise CpullmError("the prompt is empty (and the model adds no BOS token)")
     need = len(ids) + n
     m = Model(f, n_ctx=ctx or need, n_threads=threads or physical_cores(), kv_type=kv_type)
+    m.tokenizer = tok  # built once
     if ctx and ctx > m.config.context_length:
         say(f"note: --ctx {ctx} is more than the model's context length "
             f"{m.config.context_length}; using {m.n_ctx}")
