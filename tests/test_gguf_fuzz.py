@@ -15,41 +15,16 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tinymodel import make_small_gguf
 
 from cpullm.errors import GGUFError
-from cpullm.gguf import GGMLType, GGUFFile, ValueType, write_gguf
-from cpullm.quants import quantize
+from cpullm.gguf import GGUFFile
 
 
 def _base_file(path: Path) -> bytes:
     """A small valid file: every value kind, every tensor type, 1-D to 3-D shapes."""
-    rng = np.random.default_rng(7)
-    meta = {
-        "general.architecture": "llama",
-        "general.alignment": 32,
-        "a.u32": 7,
-        "a.f64": 2.5,
-        "a.bool": True,
-        "a.str": "héllo",
-        "a.ints": np.array([1, 2, 3], dtype=np.int32),
-        "a.floats": np.array([0.5, 1.5], dtype=np.float32),
-        "a.strs": ["ab", "", "c✓"],
-        "a.nested": [[1, 2], [3]],
-    }
-    shapes = {
-        GGMLType.F32: (3,),
-        GGMLType.F16: (2, 3),
-        GGMLType.BF16: (2, 1, 2),
-        GGMLType.Q8_0: (32,),
-        GGMLType.Q4_0: (2, 32),
-        GGMLType.Q4_1: (1, 1, 32),
-    }
-    tensors = {
-        f"t.{q.name}": (q, s, quantize(rng.standard_normal(s).astype(np.float32), q))
-        for q, s in shapes.items()
-    }
-    write_gguf(path, meta, tensors, types={"a.f64": ValueType.FLOAT64})
-    return path.read_bytes()
+    extra = {"general.alignment": 32, "a.str": "héllo"}
+    return make_small_gguf(path, seed=7, extra=extra).read_bytes()
 
 
 @pytest.fixture(scope="module")

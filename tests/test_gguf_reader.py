@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tinymodel import make_small_gguf
 
 from cpullm.errors import GGUFError
 from cpullm.gguf import GGMLType, GGUFFile, GGUFWriter, ValueType, read_metadata, write_gguf
@@ -84,30 +85,7 @@ def _tensors(seed: int = 0) -> dict[str, tuple[GGMLType, tuple[int, ...], np.nda
 
 def _small_file(path: Path) -> Path:
     """A < 3 KB file with every value kind and every tensor type (for exhaustive prefixes)."""
-    rng = np.random.default_rng(1)
-    meta = {
-        "general.architecture": "llama",
-        "a.u32": 7,
-        "a.f64": 2.5,
-        "a.bool": True,
-        "a.ints": np.array([1, 2, 3], dtype=np.int32),
-        "a.floats": np.array([0.5, 1.5], dtype=np.float32),
-        "a.strs": ["ab", "", "c✓"],
-        "a.nested": [[1, 2], [3]],
-    }
-    shapes = {
-        GGMLType.F32: (3,),
-        GGMLType.F16: (2, 3),
-        GGMLType.BF16: (2, 1, 2),
-        GGMLType.Q8_0: (32,),
-        GGMLType.Q4_0: (2, 32),
-        GGMLType.Q4_1: (1, 1, 32),
-    }
-    tensors = {
-        f"t.{q.name}": (q, s, quantize(rng.standard_normal(s).astype(np.float32), q))
-        for q, s in shapes.items()
-    }
-    return write_gguf(path, meta, tensors, types={"a.f64": ValueType.FLOAT64})
+    return make_small_gguf(path, seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -84,3 +84,33 @@ def make_tiny_gguf(
         mat("output.weight", vocab, dim, head_type or qtype, dim**-0.5 * 4)
     types = {"llama.rope.freq_base": ValueType.FLOAT32}
     return write_gguf(path, md, tensors, types)
+
+
+def make_small_gguf(path: str | Path, seed: int = 1, extra: dict | None = None) -> Path:
+    """A file of a few KB holding every metadata value kind and every tensor type in 1-D
+    to 3-D shapes (for exhaustive truncation and byte-mutation tests)."""
+    rng = np.random.default_rng(seed)
+    meta = {
+        "general.architecture": "llama",
+        **(extra or {}),
+        "a.u32": 7,
+        "a.f64": 2.5,
+        "a.bool": True,
+        "a.ints": np.array([1, 2, 3], dtype=np.int32),
+        "a.floats": np.array([0.5, 1.5], dtype=np.float32),
+        "a.strs": ["ab", "", "c✓"],
+        "a.nested": [[1, 2], [3]],
+    }
+    shapes = {
+        GGMLType.F32: (3,),
+        GGMLType.F16: (2, 3),
+        GGMLType.BF16: (2, 1, 2),
+        GGMLType.Q8_0: (32,),
+        GGMLType.Q4_0: (2, 32),
+        GGMLType.Q4_1: (1, 1, 32),
+    }
+    tensors = {
+        f"t.{q.name}": (q, s, quants.quantize(rng.standard_normal(s).astype(np.float32), q))
+        for q, s in shapes.items()
+    }
+    return write_gguf(path, meta, tensors, types={"a.f64": ValueType.FLOAT64})
