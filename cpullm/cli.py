@@ -307,14 +307,13 @@ def _generate(model, prompt, n, temperature, seed, threads, ctx, special, echo, 
     # checks the arguments (context size) now, runs nothing until iterated
     gen = run_generate(m, ids, n, temperature=temperature, seed=seed, stats=stats)
 
-    # First call of the compiled forward step: compiles (first run) or loads numba's
-    # cache. Done on one token, then forgotten, so the statistics measure generation.
+    # The compiled forward step: compiled on the first run, else loaded from numba's
+    # cache; done before generation so that the statistics measure generation only.
     compiled = _kernels_cached()
     if not compiled:
         say("compiling kernels (first run only, about a minute)...")
     t0 = time.perf_counter()
-    m.eval(ids[:1])
-    m.reset()
+    m.load_kernels()
     dt = time.perf_counter() - t0
     if not compiled or dt > 5:
         say(f"compiled in {dt:.1f} s")
@@ -517,8 +516,7 @@ def chat(
     compiled = _kernels_cached()
     if not compiled:
         _err("compiling kernels (first run only, about a minute)...")
-    m.eval([m.tokenizer.bos_id or 0])
-    m.reset()
+    m.load_kernels()
     _err(f"{path.name}: context {m.n_ctx} tokens, chat template {session.template.name}. "
          "/help for commands, Ctrl-D to quit.")
     repl(session)

@@ -31,9 +31,14 @@ from cpullm.config import ModelConfig
 from cpullm.errors import ConfigError, CpullmError
 from cpullm.gguf.constants import GGMLType, Keys
 from cpullm.gguf.reader import GGUFFile
+from cpullm.kernels import quickload
 from cpullm.kernels.forward import LAYER_MATRICES, N_DIMS, forward
 from cpullm.kernels.ops import shift_kv
 from cpullm.kernels.tables import half_tables
+
+# load these from numba's cache without its 0.1-0.3 s registry refresh (start-up time)
+quickload.enable(forward)
+quickload.enable(shift_kv)
 
 DEFAULT_BATCH = 64  # prompt tokens per compiled call during prefill
 # KV cache element types: f16 is stored as uint16 bit patterns, q8_0 as int8 with one
@@ -253,18 +258,33 @@ class Model:
             if not self.rolling and self.n_past + T > self.capacity:
                 self.slide(T)
             self._tokens[:T] = chunk
-            forward(
-                self._tokens, T, self.n_past, self.file.data, self.lut, self.mats, self.norms,
-                self.out_norm, self.embd, self.head, self.dims, np.float32(self.config.rms_eps),
-                self.inv_freq, self.k_cache, self.v_cache, self.k_scales, self.v_scales, self.x,
-                self.xn, self.qb, self.kb, self.vb, self.ao, self.gb, self.ub, self.xq, self.xd,
-                self.xs, self.att, self.logits, all_logits,
-            )
+            forward(*self._forward_args(T, all_logits))
             self.n_past += T
             self.history.extend(chunk.tolist())
             if out is not None:
                 out[start : start + T] = self.logits[:T]
         return out if out is not None else self.logits[0]
+
+    def _forward_args(self, T: int, all_logits: bool) -> tuple:
+        """Arguments of the compiled forward step for ``T`` tokens at ``n_past``."""
+        return (
+            self._tokens, T, self.n_past, self.file.data, self.lut, self.mats, self.norms,
+            self.out_norm, self.embd, self.head, self.dims, np.float32(self.config.rms_eps),
+            self.inv_freq, self.k_cache, self.v_cache, self.k_scales, self.v_scales, self.x,
+            self.xn, self.qb, self.kb, self.vb, self.ao, self.gb, self.ub, self.xq, self.xd,
+            self.xs, self.att, self.logits, all_logits,
+        )
+
+    def load_kernels(self) -> None:
+        """Make the compiled forward step for this model's array types ready without
+        running it: loaded from numba's on-disk cache, or compiled (about a minute) on
+        the first run ever. :meth:`eval` does this itself when needed; call it first to
+        time or announce the compile."""
+        from numba import typeof
+
+        sig = tuple(typeof(a) for a in self._forward_args(1, False))
+        if sig not in forward.overloads:
+            forward.compile(sig)
 
     @property
     def kv_bytes(self) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from cpullm.kernels.simd import make_tile, q4_dot, q8_dot
+from cpullm.kernels.simd import f32_at, make_tile, q4_dot, q8_dot
 from cpullm.kernels.tables import QK, T_BF16, T_F16, T_F32, T_Q4_0, T_Q4_1, T_Q8_0
 
 
@@ -170,11 +170,10 @@ def matmul(data, off, qtype, rows, cols, T, xq, xd, xs, xf, lut, out):
         for r in nb.prange(rows):
             p0 = off + r * cols * esz
             if qtype == T_F32:
-                w = data[p0 : p0 + cols * 4].view(np.float32)
                 for t in range(T):
                     a = np.float32(0.0)
                     for c in range(cols):
-                        a += w[c] * xf[t, c]
+                        a += f32_at(data, p0 + 4 * c) * xf[t, c]
                     out[t, r] = a
             else:
                 for t in range(T):
@@ -191,9 +190,8 @@ def dequant_row(data, off, qtype, cols, row, lut, out):
     """Row ``row`` of a (rows, cols) weight matrix as float32 into out (cols,)."""
     if qtype == T_F32:
         p = off + row * cols * 4
-        w = data[p : p + cols * 4].view(np.float32)
         for c in range(cols):
-            out[c] = w[c]
+            out[c] = f32_at(data, p + 4 * c)
     elif qtype == T_F16 or qtype == T_BF16:
         which = 1 if qtype == T_BF16 else 0
         p = off + row * cols * 2

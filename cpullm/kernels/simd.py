@@ -298,6 +298,24 @@ def make_tile(qtype, R, TT):
     return tile
 
 
+
+@intrinsic
+def f32_at(typingctx, data, p):
+    """The float32 stored little-endian at bytes data[p:p+4] of a 1-D uint8 array (an
+    unaligned load; used instead of ``.view``, whose numba implementation costs start-up
+    time when a cached kernel is loaded)."""
+    if not (isinstance(data, types.Array) and data.ndim == 1 and data.dtype == types.uint8):
+        return None
+    if not isinstance(p, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        arr, idx = args
+        idx = context.cast(builder, idx, sig.args[1], types.intp)
+        return builder.load(_flat_ptr(context, builder, sig.args[0], arr, idx, _F32), align=1)
+
+    return types.float32(data, p), codegen
+
 # ---------------------------------------------------------------------------------------
 # Attention helpers over a float32 or f16 (uint16 bits) cache, 16 lanes at a time:
 #   vdot(q, qo, k, ko, n, lut)        = sum_i q[qo+i] * k[ko+i]          (i < n, n % 16 == 0)

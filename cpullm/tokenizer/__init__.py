@@ -86,7 +86,7 @@ class Tokenizer:
         n = len(tokens)
         if n == 0:
             raise TokenizerError(f"{Keys.TOKENS} is empty")
-        if not all(isinstance(t, str) for t in tokens):
+        if set(map(type, tokens)) != {str}:
             raise TokenizerError(f"{Keys.TOKENS} must be a list of strings")
 
         types = md.get(Keys.TOKEN_TYPE)
@@ -139,13 +139,11 @@ class Tokenizer:
             if scores is None:
                 raise TokenizerError(f"llama tokenizer needs {Keys.SCORES}")
             self._backend = SentencePieceBPE(tokens, types, scores, self.unk_id)
-            tb = []
-            for t, ty in zip(tokens, types_l, strict=True):
-                m = BYTE_TOKEN.fullmatch(t) if ty == TokenType.BYTE else None
+            tb = [t.replace(SPACE, " ").encode("utf-8") for t in tokens]
+            for i in np.flatnonzero(types == TokenType.BYTE).tolist():
+                m = BYTE_TOKEN.fullmatch(tokens[i])
                 if m is not None:
-                    tb.append(bytes((int(m.group(1), 16),)))
-                else:
-                    tb.append(t.replace(SPACE, " ").encode("utf-8"))
+                    tb[i] = bytes((int(m.group(1), 16),))
         else:
             merges = md.get(Keys.MERGES)
             if merges is None:
@@ -162,14 +160,16 @@ class Tokenizer:
             )
         # rendered bytes: control/unknown tokens give b"" unless render_special
         self._bytes_special = tb
-        self._bytes = [b"" if c else b for b, c in zip(tb, self._control.tolist(), strict=True)]
+        self._bytes = list(tb)
+        for i in np.flatnonzero(self._control).tolist():
+            self._bytes[i] = b""
 
         # special-token splitting: surface text -> id
         surface: dict[str, int] = {}
         always: list[str] = []
-        for i, ty in enumerate(types_l):
-            if ty not in (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN):
-                continue
+        specials = np.isin(types, (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN))
+        for i in np.flatnonzero(specials).tolist():
+            ty = types_l[i]
             s = tokens[i].replace(SPACE, " ") if is_llama else tokens[i]
             if not s or s in surface:
                 continue

@@ -15,6 +15,7 @@ A numpy table maps rank -> GGUF token id.
 from __future__ import annotations
 
 import re
+from itertools import repeat
 
 import numpy as np
 import tiktoken
@@ -40,10 +41,12 @@ def _bytes_to_unicode() -> dict[int, str]:
 BYTE_TO_UNICODE: dict[int, str] = _bytes_to_unicode()
 # str.translate table: byte-level character -> the character whose code is the byte value
 _TO_LATIN1 = {ord(c): b for b, c in BYTE_TO_UNICODE.items()}
-# any character outside the 256 byte-level characters
-# (NUL, used below as a separator, is let through)
+# Separates tokens joined into one string: not a byte-level character, and not one that
+# translation to bytes can produce (those are all below U+0100).
+_SEP = "\uffff"
+# any character outside the 256 byte-level characters (the separator is let through)
 _NOT_BYTE_LEVEL = re.compile(
-    "[^\\x00" + "".join(re.escape(c) for c in BYTE_TO_UNICODE.values()) + "]"
+    "[^" + _SEP + "".join(re.escape(c) for c in BYTE_TO_UNICODE.values()) + "]"
 )
 
 
@@ -52,20 +55,20 @@ def token_bytes_table(tokens: list[str], types: np.ndarray) -> list[bytes]:
     user-defined and unknown tokens are stored as plain text (llama.cpp convention), and
     so is any token holding a character outside the byte-level alphabet."""
     raw = np.isin(types, (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN))
-    # translate all tokens in one C call; "\x00" (not a byte-level char) separates them
-    joined = "\x00".join(tokens)
-    pieces = joined.translate(_TO_LATIN1).split("\x00")
+    # translate all tokens in one C call, joined by a separator
+    joined = _SEP.join(tokens)
+    pieces = joined.translate(_TO_LATIN1).split(_SEP)
     bad = raw.copy()
-    if len(pieces) != len(tokens):  # a token holds a raw NUL: go one by one
+    if len(pieces) != len(tokens):  # a token holds the separator: go one by one
         pieces = [t.translate(_TO_LATIN1) for t in tokens]
-        bad |= np.array(["\x00" in t for t in tokens], dtype=bool)
+        bad |= np.array([_SEP in t for t in tokens], dtype=bool)
     hits = [m.start() for m in _NOT_BYTE_LEVEL.finditer(joined)]
     if hits:
         ends = np.cumsum([len(t) + 1 for t in tokens])
         bad[np.searchsorted(ends, np.asarray(hits), side="right")] = True
-    out: list[bytes] = []
-    for tok, piece, b in zip(tokens, pieces, bad.tolist(), strict=True):
-        out.append(tok.encode("utf-8") if b else piece.encode("latin-1"))
+    out = list(map(str.encode, pieces, repeat("latin-1")))
+    for i in np.flatnonzero(bad).tolist():
+        out[i] = tokens[i].encode("utf-8")
     return out
 
 
@@ -82,8 +85,8 @@ class ByteLevelBPE:
         unk_id: int | None,
         name: str = "cpullm-bpe",
     ) -> None:
-        tok2id = {t: i for i, t in enumerate(tokens)}
-        is_control = (types == TokenType.CONTROL).tolist()
+        tok2id = dict(zip(tokens, range(len(tokens)), strict=True))
+        is_control = types == TokenType.CONTROL
         ranks: dict[bytes, int] = {}
         rank2id: list[int] = []
         # 256 single bytes
@@ -105,16 +108,24 @@ class ByteLevelBPE:
                 if len(parts) != 2:
                     raise TokenizerError(f"tokenizer.ggml.merges[{k}]={m!r} is not 'left right'")
                 concat.append(parts[0] + parts[1])
-        get = tok2id.get
-        for c in concat:
-            tid = get(c)
-            if tid is None or is_control[tid]:
-                # HF refuses such a file; we just never produce that token
-                continue
-            bts = tok_bytes[tid]
-            if bts not in ranks:
-                ranks[bts] = len(rank2id)
-                rank2id.append(tid)
+        # token id of each merge result; one that is not a token, or is a control token,
+        # is skipped (HF refuses such a file; we just never produce that token)
+        tids = np.fromiter(map(tok2id.get, concat, repeat(-1)), np.int64, len(concat))
+        keep = tids >= 0
+        keep[keep] = ~is_control[tids[keep]]
+        tids = tids[keep]
+        # the first merge producing a given token wins
+        _, first = np.unique(tids, return_index=True)
+        tids = tids[np.sort(first)].tolist()
+        new = [tok_bytes[t] for t in tids]
+        if len(set(new)) == len(new) and min(map(len, new), default=2) > 1:
+            ranks.update(zip(new, range(256, 256 + len(new)), strict=True))
+            rank2id.extend(tids)
+        else:  # two tokens with the same bytes: the first merge producing them wins
+            for tid, bts in zip(tids, new, strict=True):
+                if bts not in ranks:
+                    ranks[bts] = len(rank2id)
+                    rank2id.append(tid)
         self.rank2id = np.asarray(rank2id, dtype=np.int64)
         self._has_missing = bool((self.rank2id < 0).any())
         try:
