@@ -466,3 +466,45 @@ def test_decode_bad_id(smol):
         smol.decode([smol.vocab_size])
     with pytest.raises(TokenizerError):
         smol.token_bytes(-1)
+
+
+# ---- special-token matching -------------------------------------------------------------
+
+
+def test_literal_matcher_equals_regex_alternation():
+    """LiteralMatcher finds what a longest-first regex alternation finds (leftmost, then
+    longest), on overlapping, nested and repeated spellings."""
+    import re
+
+    from cpullm.tokenizer.specials import LiteralMatcher
+
+    rng = random.Random(7)
+    alphabet = "<>|[]/_ab-^\\"
+    for _ in range(300):
+        specials = {"".join(rng.choices(alphabet, k=rng.randint(1, 5)))
+                    for _ in range(rng.randint(1, 12))}
+        regex = re.compile("|".join(re.escape(s) for s in sorted(specials, key=len,
+                                                                   reverse=True)))
+        m = LiteralMatcher(specials)
+        for _ in range(10):
+            text = "".join(rng.choices(alphabet + "xy ", k=rng.randint(0, 40)))
+            want = [(x.start(), x.end()) for x in regex.finditer(text)]
+            assert list(m.spans(text)) == want, (specials, text)
+
+
+def test_thousands_of_control_tokens_split():
+    """A vocabulary with 30k control spellings (a Mistral-style reserved range): only
+    parse_special turns them into ids."""
+    n_ctrl = 30000
+    tokens = [f"<ctrl{i}>" for i in range(n_ctrl)] + [chr(c) for c in range(32, 127)]
+    types = [TokenType.CONTROL] * n_ctrl + [TokenType.NORMAL] * 95
+    md = {
+        Keys.TOKENIZER_MODEL: "gpt2",
+        Keys.TOKENS: tokens,
+        Keys.TOKEN_TYPE: np.array(types, dtype=np.int32),
+        Keys.MERGES: [],
+    }
+    tok = Tokenizer.from_metadata(md)
+    ids = tok.encode("a<ctrl12345>b<ctrl7>", parse_special=True)
+    assert 12345 in ids and 7 in ids
+    assert 12345 not in tok.encode("a<ctrl12345>b")

@@ -14,7 +14,6 @@ match them in any text) and are matched in both modes.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -24,6 +23,7 @@ from cpullm.errors import TokenizerError
 from cpullm.gguf.constants import Keys, TokenType
 from cpullm.tokenizer.bpe import ByteLevelBPE, token_bytes_table
 from cpullm.tokenizer.pretok import pattern_for
+from cpullm.tokenizer.specials import LiteralMatcher
 from cpullm.tokenizer.spm import BYTE_TOKEN, SPACE, SentencePieceBPE
 
 __all__ = ["Tokenizer"]
@@ -177,8 +177,8 @@ class Tokenizer:
             if ty == TokenType.USER_DEFINED:
                 always.append(s)
         self._surface = surface
-        self._re_special = _alternation(list(surface))
-        self._re_always = _alternation(always)
+        self._special_matcher = LiteralMatcher(surface)
+        self._always_matcher = LiteralMatcher(always)
         return self
 
     # ---- encoding -------------------------------------------------------------------
@@ -201,18 +201,18 @@ class Tokenizer:
             if self.bos_id is None:
                 raise TokenizerError("add_bos requested but the vocabulary has no BOS token")
             out.append(self.bos_id)
-        pattern = self._re_special if parse_special else self._re_always
-        if pattern is None:
+        matcher = self._special_matcher if parse_special else self._always_matcher
+        if not matcher:
             out.extend(self._encode_text(text, True))
             return out
         pos = 0
         prev_special = True
-        for m in pattern.finditer(text):
-            if m.start() > pos:
-                out.extend(self._encode_text(text[pos : m.start()], prev_special))
-            out.append(self._surface[m.group()])
+        for start, end in matcher.spans(text):
+            if start > pos:
+                out.extend(self._encode_text(text[pos:start], prev_special))
+            out.append(self._surface[text[start:end]])
             prev_special = True
-            pos = m.end()
+            pos = end
         if pos < len(text):
             out.extend(self._encode_text(text[pos:], prev_special))
         return out
@@ -275,11 +275,3 @@ class Tokenizer:
             f"Tokenizer(kind={self.kind!r}, pre={self.pre!r}, vocab_size={self.vocab_size}, "
             f"bos={self.bos_id}, eos={self.eos_id}, eot={self.eot_id})"
         )
-
-
-def _alternation(strings: list[str]) -> re.Pattern[str] | None:
-    """Regex matching any of ``strings``, longest first at each position."""
-    if not strings:
-        return None
-    strings = sorted(set(strings), key=len, reverse=True)
-    return re.compile("|".join(re.escape(s) for s in strings))
