@@ -50,6 +50,11 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)
 
 
+def rel_err_all(a: np.ndarray, b: np.ndarray) -> float:
+    """||a - b|| / ||b|| over all the logits of the sequence (T, vocab)."""
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     """preset -> {"hf": folder, "native-sharded": folder, ...}"""
@@ -77,21 +82,26 @@ def test_logits_match_transformers(ckpts, tmp_path, name, layout, monkeypatch):
     ids = GOLDEN[f"{name}/ids"].tolist()
     want = GOLDEN[f"{name}/logits"]
     src = ckpts[name][layout]
-    report = {}
+    report, worst = {}, {}
     for recipe in ("f32", "f16", "q8_0", "q4_0"):
         out = convert(src, tmp_path / f"{recipe}.gguf", recipe, progress=False)
-        report[recipe] = rel_err(_logits(out.path, ids), want).max()
-    assert report["f32"] < 1e-3 and report["f16"] < 1e-3, report
-    # q8_0: the converter's part (Q8_0 weights, float activations) within 2e-2; the runtime
-    # also rounds activations to int8 (as llama.cpp does), which adds about 0.5e-2 here.
+        got = _logits(out.path, ids)
+        report[recipe], worst[recipe] = rel_err_all(got, want), rel_err(got, want).max()
+    # float recipes: every position within 1e-3
+    assert worst["f32"] < 1e-3 and worst["f16"] < 1e-3, worst
+    # q8_0: the logits within 2e-2 relative. Per position it is 2.1-2.6e-2 at worst: the
+    # runtime also rounds activations to int8 (as llama.cpp does); with Q8_0 weights and
+    # float activations (the converter's part alone) every position is within 2e-2.
+    assert report["q8_0"] < 2e-2, report
+    assert worst["q8_0"] < 3e-2, worst
     f = GGUFFile(tmp_path / "q8_0.gguf")
     monkeypatch.setattr(reference, "linear", lambda w, qtype, x, margins=None: x @ w.T)
     weights_only = rel_err(reference.forward(f, ids), want).max()
     assert weights_only < 2e-2, (weights_only, report)
-    assert report["q8_0"] < 3e-2, report
     assert report["q4_0"] < 0.35, report  # reported, loosely bounded
-    print(f"\n{name} {layout}: " + ", ".join(f"{k} {v:.1e}" for k, v in report.items())
-          + f", q8_0 weights only {weights_only:.1e}")
+    print(f"\n{name} {layout}: " + ", ".join(
+        f"{k} {v:.1e} (worst position {worst[k]:.1e})" for k, v in report.items())
+        + f", q8_0 weights only: worst position {weights_only:.1e}")
 
 
 @pytest.mark.parametrize("recipe", ["q4_0", "bf16"])
@@ -406,7 +416,6 @@ def gguf_to_hf(gguf_path: Path, out: Path) -> Path:
     return out
 
 
-@pytest.mark.slow  # about 40-80 s: dequantizes 135M parameters into a 540 MB checkpoint
 def test_smollm2_round_trip(smollm2_path, tmp_path):
     """SmolLM2 Q4_1 -> dequantized HF checkpoint -> convert q8_0: same tokenizer, template and
     greedy tokens as the original file."""
@@ -415,18 +424,26 @@ def test_smollm2_round_trip(smollm2_path, tmp_path):
     a, b = Model.open(smollm2_path, n_ctx=64), Model.open(s.path, n_ctx=64)
     assert b.metadata["tokenizer.ggml.pre"] == "smollm"
     assert b.metadata["tokenizer.chat_template"] == a.metadata["tokenizer.chat_template"]
-    prompt = "The capital of France is"
-    ids = a.tokenizer.encode(prompt)
-    assert b.tokenizer.encode(prompt) == ids
-    # Greedy ids must agree until the original is at a near-tie (top-2 logits within 0.5:
-    # "Paris.\n\nThe" is one, see BASELINES.md); there the copy must pick one of the two.
-    la, lb = a.eval(ids).copy(), b.eval(ids).copy()
-    for step in range(12):
-        top2 = np.argsort(la)[-2:]
-        ta, tb = int(top2[1]), int(np.argmax(lb))
-        if la[top2[1]] - la[top2[0]] < 0.5:
-            assert tb in top2.tolist(), step
-            break
-        assert ta == tb, step
-        la, lb = a.eval([ta]).copy(), b.eval([tb]).copy()
-    assert step >= 3
+    agreed = {}
+    for prompt in ("def fibonacci(n):", "Once upon a time", "The capital of France is"):
+        ids = a.tokenizer.encode(prompt)
+        assert b.tokenizer.encode(prompt) == ids
+        # Greedy ids agree token for token; only where the original is at a near-tie
+        # (top-2 logits within 0.5, less than Q4_1 -> Q8_0 requantization moves them:
+        # "Paris.\n\nThe" is one, see BASELINES.md) may the copy take the runner-up,
+        # after which the texts are different texts.
+        la, lb = a.eval(ids).copy(), b.eval(ids).copy()
+        for step in range(20):
+            top2 = np.argsort(la)[-2:]
+            ta, tb = int(top2[1]), int(np.argmax(lb))
+            if ta != tb:
+                assert la[top2[1]] - la[top2[0]] < 0.5 and tb == int(top2[0]), (prompt, step)
+                break
+            la, lb = a.eval([ta]).copy(), b.eval([tb]).copy()
+        else:
+            step = 20
+        agreed[prompt] = step
+        a.reset()
+        b.reset()
+    assert agreed["def fibonacci(n):"] == 20 and agreed["Once upon a time"] == 20, agreed
+    assert agreed["The capital of France is"] >= 3, agreed
