@@ -311,7 +311,7 @@ def _generate(model, prompt, n, temperature, seed, threads, ctx, special, echo, 
     # cache; done before generation so that the statistics measure generation only.
     compiled = _kernels_cached()
     if not compiled:
-        say("compiling kernels (first run only, about a minute)...")
+        say("compiling kernels (first run only, 20-60 s)...")
     t0 = time.perf_counter()
     m.load_kernels()
     dt = time.perf_counter() - t0
@@ -515,7 +515,7 @@ def chat(
     session = ChatSession(m, system=system, params=params, template=template, max_tokens=n)
     compiled = _kernels_cached()
     if not compiled:
-        _err("compiling kernels (first run only, about a minute)...")
+        _err("compiling kernels (first run only, 20-60 s)...")
     m.load_kernels()
     _err(f"{path.name}: context {m.n_ctx} tokens, chat template {session.template.name}. "
          "/help for commands, Ctrl-D to quit.")
