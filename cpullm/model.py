@@ -178,6 +178,10 @@ class Model:
         self.xq = np.zeros((B, maxcols), np.int8)
         self.xd = np.zeros((B, maxcols // 32), f32)
         self.xs = np.zeros((B, maxcols // 32), f32)
+        B8 = (B + 7) // 8 * 8  # the 8-token tiles' interleaved copy of xq, xd, xs
+        self.xi = np.zeros(B8 * maxcols, np.int8)
+        self.xdi = np.zeros(B8 * maxcols // 32, f32)
+        self.xsi = np.zeros(B8 * maxcols // 32, f32)
         self.att = np.zeros((c.n_heads, self.capacity), f32)
         self.logits = np.zeros((B, c.vocab_size), f32)
         self._tokens = np.zeros(B, np.int64)
@@ -272,7 +276,7 @@ class Model:
             self.out_norm, self.embd, self.head, self.dims, np.float32(self.config.rms_eps),
             self.inv_freq, self.k_cache, self.v_cache, self.k_scales, self.v_scales, self.x,
             self.xn, self.qb, self.kb, self.vb, self.ao, self.gb, self.ub, self.xq, self.xd,
-            self.xs, self.att, self.logits, all_logits,
+            self.xs, self.xi, self.xdi, self.xsi, self.att, self.logits, all_logits,
         )
 
     def load_kernels(self) -> None:

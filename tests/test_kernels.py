@@ -9,7 +9,7 @@ from cpullm import quants, reference
 from cpullm.gguf import GGMLType
 from cpullm.kernels import ops
 from cpullm.kernels.matmul import dequant_row, matmul
-from cpullm.kernels.quant import quantize_rows_q8
+from cpullm.kernels.quant import interleave8, quantize_rows_q8
 from cpullm.kernels.tables import half_tables
 
 LUT = half_tables()
@@ -46,7 +46,8 @@ def test_quantize_rows_q8_bit_exact(T):
 
 
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize("T", [1, 5, 11])  # T > 1: 4-token tiles plus a token tail
+# T > 1: 4-token tiles plus a token tail; T >= 8 (Q4): 8-token tiles, the last one partial
+@pytest.mark.parametrize("T", [1, 5, 8, 11, 19])
 @pytest.mark.parametrize("rows", [50, 3, 130])  # groups of 4 rows plus a tail, tail only
 def test_matmul_matches_twin(qtype, T, rows):
     rng = np.random.default_rng(int(qtype) * 10 + T + rows)
@@ -60,8 +61,15 @@ def test_matmul_matches_twin(qtype, T, rows):
     xd = np.zeros((T, cols // 32), np.float32)
     xs = np.zeros((T, cols // 32), np.float32)
     quantize_rows_q8(x, T, cols, xq, xd, xs)
-    out = np.zeros((T, rows), np.float32)
-    matmul(data, pad, int(qtype), rows, cols, T, xq, xd, xs, x, LUT, out)
+    T8 = (T + 7) // 8 * 8
+    xi = np.full(T8 * cols, 99, np.int8)  # garbage that interleave8 must overwrite
+    xdi = np.full(T8 * cols // 32, np.nan, np.float32)
+    xsi = np.full(T8 * cols // 32, np.nan, np.float32)
+    interleave8(xq, xd, xs, T, cols, xi, xdi, xsi)
+    out = np.full((T + 1, rows), -7.0, np.float32)  # a row past T must stay untouched
+    matmul(data, pad, int(qtype), rows, cols, T, xq, xd, xs, xi, xdi, xsi, x, LUT, out)
+    assert (out[T] == -7.0).all()
+    out = out[:T]
     wdq = quants.dequantize(raw, qtype, cols).astype(np.float64)
     ref = reference.linear(wdq, qtype, x.astype(np.float32))
     assert rel_err(out, ref) < 1e-5

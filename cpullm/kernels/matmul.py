@@ -16,7 +16,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from cpullm.kernels.simd import f32_at, make_tile, q4_dot, q8_dot
+from cpullm.kernels.simd import f32_at, make_tile, make_tile8, q4_dot, q8_dot
 from cpullm.kernels.tables import QK, T_BF16, T_F16, T_F32, T_Q4_0, T_Q4_1, T_Q8_0
 
 
@@ -59,6 +59,33 @@ _q80_44 = make_tile(T_Q8_0, 4, 4)
 _q40_14 = make_tile(T_Q4_0, 1, 4)
 _q41_14 = make_tile(T_Q4_1, 1, 4)
 _q80_14 = make_tile(T_Q8_0, 1, 4)
+
+
+_q40_8r4 = make_tile8(T_Q4_0, 4)
+_q41_8r4 = make_tile8(T_Q4_1, 4)
+_q80_8r4 = make_tile8(T_Q8_0, 4)
+_q40_8r1 = make_tile8(T_Q4_0, 1)
+_q41_8r1 = make_tile8(T_Q4_1, 1)
+_q80_8r1 = make_tile8(T_Q8_0, 1)
+
+
+@nb.njit(cache=True, inline="always")
+def _tile8(R, qtype, data, p0, rb, nblk, xi, xo, dx, sx, do, lut, out, oo, ost, nt):
+    """R rows (4 or 1) x 8 tokens (the first nt stored) from interleaved activations."""
+    if R == 4:
+        if qtype == T_Q4_0:
+            _q40_8r4(data, p0, rb, nblk, xi, xo, dx, sx, do, lut, out, oo, ost, nt)
+        elif qtype == T_Q4_1:
+            _q41_8r4(data, p0, rb, nblk, xi, xo, dx, sx, do, lut, out, oo, ost, nt)
+        else:
+            _q80_8r4(data, p0, rb, nblk, xi, xo, dx, sx, do, lut, out, oo, ost, nt)
+    else:
+        if qtype == T_Q4_0:
+            _q40_8r1(data, p0, rb, nblk, xi, xo, dx, sx, do, lut, out, oo, ost, nt)
+        elif qtype == T_Q4_1:
+            _q41_8r1(data, p0, rb, nblk, xi, xo, dx, sx, do, lut, out, oo, ost, nt)
+        else:
+            _q80_8r1(data, p0, rb, nblk, xi, xo, dx, sx, do, lut, out, oo, ost, nt)
 
 
 @nb.njit(cache=True, inline="always")
@@ -133,10 +160,21 @@ def _rows_tile(TT, qtype, data, off, rb, nblk, r0, r1, t0, xq, xd, xs, lut, out)
 CHUNK_BYTES = 256 * 1024
 
 
+# from this many tokens on, block-type products use the 8-token tiles (simd.make_tile8)
+TILE8_MIN_TOKENS = 8
+
+
+@nb.njit(cache=True, inline="always")
+def uses_tile8(qtype, T):
+    return T >= TILE8_MIN_TOKENS and (qtype == T_Q4_0 or qtype == T_Q4_1 or qtype == T_Q8_0)
+
+
 @nb.njit(cache=True, parallel=True)
-def matmul(data, off, qtype, rows, cols, T, xq, xd, xs, xf, lut, out):
-    """data (file,) u8; xq (>=T, >=cols) i8; xd, xs (>=T, >=cols/32) f32; xf (>=T, >=cols) f32;
-    lut (2, 65536) f32; out (>=T, >=rows) f32.  Writes out[:T, :rows].
+def matmul(data, off, qtype, rows, cols, T, xq, xd, xs, xi, xdi, xsi, xf, lut, out):
+    """data (file,) u8; xq (>=T, >=cols) i8; xd, xs (>=T, >=cols/32) f32; xi, xdi, xsi: the
+    same activations interleaved by :func:`cpullm.kernels.quant.interleave8` (read only
+    when :func:`uses_tile8`); xf (>=T, >=cols) f32; lut (2, 65536) f32;
+    out (>=T, >=rows) f32.  Writes out[:T, :rows].
 
     Buffers are passed whole (C-contiguous) with explicit T and sizes, so one
     compiled specialization serves every call. One token with a block weight type
@@ -153,6 +191,24 @@ def matmul(data, off, qtype, rows, cols, T, xq, xd, xs, xf, lut, out):
         rc = max(4, (CHUNK_BYTES // max(rb, 1)) // 4 * 4)
         rc = min(rc, max(4, (rows // 16) // 4 * 4))  # enough work items for the threads
         nch = (rows + rc - 1) // rc
+        if uses_tile8(qtype, T):
+            ost = out.shape[1]
+            ng = (T + 7) // 8
+            for ci in nb.prange(nch):
+                r0 = ci * rc
+                r1 = min(rows, r0 + rc)
+                for g in range(ng):
+                    nt = min(8, T - 8 * g)
+                    r = r0
+                    while r + 4 <= r1:
+                        _tile8(4, qtype, data, off + r * rb, rb, nblk, xi, g * nblk * 256, xdi,
+                               xsi, g * nblk * 8, lut, out, 8 * g * ost + r, ost, nt)
+                        r += 4
+                    while r < r1:
+                        _tile8(1, qtype, data, off + r * rb, rb, nblk, xi, g * nblk * 256, xdi,
+                               xsi, g * nblk * 8, lut, out, 8 * g * ost + r, ost, nt)
+                        r += 1
+            return
         for ci in nb.prange(nch):
             r0 = ci * rc
             r1 = min(rows, r0 + rc)

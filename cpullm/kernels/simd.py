@@ -88,8 +88,8 @@ def q8_dot(typingctx, data, p, x, xb):
 
 
 # ---------------------------------------------------------------------------------------
-# Tiles: R weight rows x TT tokens over all blocks of a row, float accumulators in vector
-# registers, one horizontal sum per (row, token) at the end.
+# Tiles: R weight rows x TT tokens over all blocks of a row; per token one float
+# accumulator vector whose lanes are the R rows.
 #
 #   tile(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
 #
@@ -98,11 +98,11 @@ def q8_dot(typingctx, data, p, x, xb):
 # b) at flat element do + t*dst + b of ``xd`` / ``xs``. The result for (r, t) goes to flat
 # element oo + t*ost + r of ``out``. Arrays are C-contiguous, offsets are not checked.
 #
-# Per block: each weight block is unpacked once into 32 unsigned (Q4) or signed (Q8) bytes
-# and dotted with the TT activation blocks by ``vpdpbusd`` (u8 x s8 -> 8 x i32) where the
-# CPU has AVX512-VNNI/AVX-VNNI, else by a widened multiply and a partial sum to 8 lanes;
-# the 8 int32 lanes are converted and fused-multiply-added into an 8 x f32 accumulator
-# with scale d_w * d_x. Q4_0's "-8" and Q4_1's offset ride on the block sums of x.
+# Per block: each weight block is unpacked once into 32 unsigned bytes (Q4 nibbles; Q8_0
+# as w + 128) and dotted with the TT activation blocks by ``vpdpbusd`` (u8 x s8 -> 8 x i32)
+# where the CPU has AVX512-VNNI/AVX-VNNI, else by a widened multiply; the 8 lanes are
+# summed exactly (integers) and :func:`_block_update` applies the scales. That update is
+# shared with the 8-token tiles below, so decode and prefill give bit-identical logits.
 # ---------------------------------------------------------------------------------------
 
 _F32 = ir.FloatType()
@@ -182,6 +182,47 @@ def _fma(builder, a, b, c):
 _Q4_0, _Q4_1, _Q8_0 = 2, 3, 8
 
 
+def _rows_sum(builder, vs):
+    """R (1 or 4) vectors of 8 x i32 -> one R x i32 vector of their lane sums (exact).
+    For 4 rows: two in-lane pair steps on 256-bit vectors, then one 128-bit fold."""
+    v4i = ir.VectorType(_I32, 4)
+    v8i = ir.VectorType(_I32, 8)
+    if len(vs) == 1:
+        return builder.insert_element(ir.Constant(ir.VectorType(_I32, 1), None),
+                                      _reduce_add(builder, vs[0]), ir.Constant(_I32, 0))
+
+    def step(a, b_, x_idx, y_idx):
+        x = builder.shuffle_vector(a, b_, ir.Constant(v8i, x_idx))
+        y = builder.shuffle_vector(a, b_, ir.Constant(v8i, y_idx))
+        return builder.add(x, y)
+
+    # rows a, b -> [a0+a2, a1+a3, b0+b2, b1+b3, a4+a6, a5+a7, b4+b6, b5+b7]
+    pair = ([0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15])
+    ab = step(vs[0], vs[1], *pair)
+    cd = step(vs[2], vs[3], *pair)
+    # -> [a_lo, b_lo, c_lo, d_lo, a_hi, b_hi, c_hi, d_hi]
+    z = step(ab, cd, [0, 2, 8, 10, 4, 6, 12, 14], [1, 3, 9, 11, 5, 7, 13, 15])
+    lo = builder.shuffle_vector(z, z, ir.Constant(v4i, [0, 1, 2, 3]))
+    hi = builder.shuffle_vector(z, z, ir.Constant(v4i, [4, 5, 6, 7]))
+    return builder.add(lo, hi)
+
+
+def _block_update(builder, qtype, acc, idot, dx, sxo, sx, dw, m):
+    """acc += the block's contribution, from its exact integer dot ``idot`` (unsigned
+    weights: Q4 nibbles, or Q8_0's w + 128). Every tile does exactly these float
+    operations in this order, so a token's logits do not depend on which tile (decode,
+    4-token or 8-token prefill) computed them. Vectors of one length n: acc, idot, dx,
+    sxo (= bias * sx for Q4_0 / Q8_0), sx, dw, m (Q4_1's offsets)."""
+    f = builder.fmul(builder.sitofp(idot, ir.VectorType(_F32, idot.type.count)), dx)
+    if qtype == _Q4_1:
+        return _fma(builder, sx, m, _fma(builder, f, dw, acc))
+    return _fma(builder, builder.fsub(f, sxo), dw, acc)
+
+
+# offset that makes the weights unsigned for vpdpbusd; the block sums of x take it back
+_BIAS = {_Q4_0: 8.0, _Q8_0: 128.0}
+
+
 def make_tile(qtype, R, TT):
     """An intrinsic computing an R-rows x TT-tokens tile of a Q4_0/Q4_1/Q8_0 product."""
     bsz = {_Q4_0: 18, _Q4_1: 20, _Q8_0: 34}[qtype]
@@ -206,22 +247,23 @@ def make_tile(qtype, R, TT):
                               (xst_, ta[6]), (do_, ta[9]), (dst_, ta[10]), (oo_, ta[13]),
                               (ost_, ta[14]))
             )
-            v8f = ir.VectorType(_F32, 8)
             vRf = ir.VectorType(_F32, R)
             v16 = ir.VectorType(_I8, 16)
             v32 = ir.VectorType(_I8, 32)
             c = lambda v: ir.Constant(_I64, v)  # noqa: E731
-            acc = [[cgutils.alloca_once_value(builder, ir.Constant(v8f, None))
-                    for _ in range(TT)] for _ in range(R)]
-            off = None
-            if qtype != _Q8_0:
-                off = [cgutils.alloca_once_value(builder, ir.Constant(vRf, None))
-                       for _ in range(TT)]
+            # one accumulator per token, its lanes the R rows
+            acc = [cgutils.alloca_once_value(builder, ir.Constant(vRf, None)) for _ in range(TT)]
 
             def half_at(p):
                 bits = builder.load(_flat_ptr(context, builder, ta[0], data_, p, _I16), align=1)
                 idx = builder.zext(bits, _I64)
                 return builder.load(_flat_ptr(context, builder, ta[11], lut_, idx, _F32))
+
+            def rows_vec(vals):
+                v = ir.Constant(vRf, ir.Undefined)
+                for r, x in enumerate(vals):
+                    v = builder.insert_element(v, x, ir.Constant(_I32, r))
+                return v
 
             with cgutils.for_range(builder, nblk_) as loop:
                 b = loop.index
@@ -234,8 +276,9 @@ def make_tile(qtype, R, TT):
                         ms.append(half_at(builder.add(pr, c(2))))
                     wp = builder.add(pr, c(qoff))
                     if qtype == _Q8_0:
-                        ws.append(builder.load(
-                            _flat_ptr(context, builder, ta[0], data_, wp, v32), align=1))
+                        w = builder.load(_flat_ptr(context, builder, ta[0], data_, wp, v32),
+                                         align=1)
+                        ws.append(builder.xor(w, ir.Constant(v32, [-128] * 32)))
                     else:
                         w = builder.load(_flat_ptr(context, builder, ta[0], data_, wp, v16),
                                          align=1)
@@ -243,60 +286,157 @@ def make_tile(qtype, R, TT):
                         hi = builder.lshr(w, ir.Constant(v16, [4] * 16))
                         ws.append(builder.shuffle_vector(
                             lo, hi, ir.Constant(ir.VectorType(_I32, 32), list(range(32)))))
-                dwv = ir.Constant(vRf, ir.Undefined)
-                for r in range(R):
-                    dwv = builder.insert_element(dwv, dws[r], ir.Constant(_I32, r))
-                mv = None
-                if qtype == _Q4_1:
-                    mv = ir.Constant(vRf, ir.Undefined)
-                    for r in range(R):
-                        mv = builder.insert_element(mv, ms[r], ir.Constant(_I32, r))
-                if qtype == _Q8_0:
-                    zero = ir.Constant(v32, None)
-                    neg = [builder.icmp_signed("<", w, zero) for w in ws]
-                    aw = [builder.select(n_, builder.sub(zero, w), w)
-                          for n_, w in zip(neg, ws, strict=True)]
+                dwv = rows_vec(dws)
+                mv = rows_vec(ms) if qtype == _Q4_1 else None
                 xb = builder.mul(b, c(32))
                 for t in range(TT):
                     xp = builder.add(builder.add(xo_, builder.mul(xst_, c(t))), xb)
                     xv = builder.load(_flat_ptr(context, builder, ta[4], xq_, xp, v32), align=1)
                     dp = builder.add(builder.add(do_, builder.mul(dst_, c(t))), b)
                     dx = builder.load(_flat_ptr(context, builder, ta[7], xd_, dp, _F32))
-                    scv = builder.fmul(dwv, _splat(builder, dx, R))
-                    if qtype != _Q8_0:
-                        sx = builder.load(_flat_ptr(context, builder, ta[8], xs_, dp, _F32))
-                        o = builder.load(off[t])
-                        src = mv if qtype == _Q4_1 else dwv
-                        builder.store(_fma(builder, src, _splat(builder, sx, R), o), off[t])
-                    for r in range(R):
-                        if qtype == _Q8_0:
-                            bx = builder.select(neg[r], builder.sub(zero, xv), xv)
-                            d8 = _dot8(builder, aw[r], bx)
-                        else:
-                            d8 = _dot8(builder, ws[r], xv)
-                        f = builder.sitofp(d8, v8f)
-                        s = builder.extract_element(scv, ir.Constant(_I32, r))
-                        a = builder.load(acc[r][t])
-                        builder.store(_fma(builder, f, _splat(builder, s, 8), a), acc[r][t])
+                    sx = builder.load(_flat_ptr(context, builder, ta[8], xs_, dp, _F32))
+                    sxo = None
+                    if qtype != _Q4_1:
+                        sxo = _splat(builder, builder.fmul(sx, ir.Constant(_F32, _BIAS[qtype])),
+                                     R)
+                    idot = _rows_sum(builder, [_dot8(builder, ws[r], xv) for r in range(R)])
+                    a = builder.load(acc[t])
+                    a = _block_update(builder, qtype, a, idot, _splat(builder, dx, R), sxo,
+                                      _splat(builder, sx, R), dwv, mv)
+                    builder.store(a, acc[t])
 
             for t in range(TT):
-                o = builder.load(off[t]) if off is not None else None
+                a = builder.load(acc[t])
                 for r in range(R):
-                    s = _hsum8(builder, builder.load(acc[r][t]))
-                    if qtype == _Q4_0:
-                        s = builder.fsub(s, builder.fmul(
-                            ir.Constant(_F32, 8.0),
-                            builder.extract_element(o, ir.Constant(_I32, r))))
-                    elif qtype == _Q4_1:
-                        s = builder.fadd(s, builder.extract_element(o, ir.Constant(_I32, r)))
                     op = builder.add(builder.add(oo_, builder.mul(ost_, c(t))), c(r))
-                    builder.store(s, _flat_ptr(context, builder, ta[12], out_, op, _F32))
+                    builder.store(builder.extract_element(a, ir.Constant(_I32, r)),
+                                  _flat_ptr(context, builder, ta[12], out_, op, _F32))
             return context.get_dummy_value()
 
         return sig, codegen
 
     return tile
 
+
+# ---------------------------------------------------------------------------------------
+# Prefill tiles with the 8 tokens in the vector lanes (Q4_0 / Q4_1 / Q8_0 weights).
+#
+# The activations of 8 tokens are first interleaved (quant.interleave8): for block b and
+# 4-byte group G (activations 4G..4G+3 of the block), one 32-byte vector holds that group
+# for tokens 0..7. A Q4 block's 16 bytes are 4 dwords; dword g's low nibbles are weights
+# 4g..4g+3 and its high nibbles weights 16+4g..16+4g+3, i.e. groups g and 4+g. Each
+# weight dword is broadcast to all 8 lanes and ``vpdpbusd`` accumulates it against the
+# 8 tokens' group: 8 instructions give the block's integer dot for 8 tokens at once, and
+# (Q8_0: dword G of the block is weights 4G..4G+3, made unsigned by +128, which the block
+# sums of x take back out, as they do Q4_0's -8),
+# the scales are applied once per (row, block) for 8 tokens as vectors, instead of a
+# convert + multiply-add per (row, token, block) as in the tiles above.
+#
+#   xi[xo + b*256 + G*32 + t*4 + k] = q(token t, activation 4G+k of block b)
+#   dx[do + b*8 + t], sx[do + b*8 + t]  = scale and block sum of token t, block b
+#   out[oo + t*ost + r] = row r . token t          (t < nt, r < R)
+# ---------------------------------------------------------------------------------------
+
+
+def _dpbusd(builder, acc, a, b):
+    """acc (8 x i32) + per lane the 4 products of u8 a and s8 b (both 8 x i32 vectors)."""
+    v8 = ir.VectorType(_I32, 8)
+    if _vnni():
+        fnty = ir.FunctionType(v8, [v8, v8, v8])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.vpdpbusd.256")
+        return builder.call(fn, [acc, a, b])
+    v32 = ir.VectorType(_I8, 32)
+    return builder.add(acc, _dot8(builder, builder.bitcast(a, v32), builder.bitcast(b, v32)))
+
+
+def make_tile8(qtype, R):
+    """An intrinsic computing an R-rows x 8-tokens tile of a Q4_0/Q4_1/Q8_0 product from
+    interleaved activations (see above)."""
+    bsz = {_Q4_0: 18, _Q4_1: 20, _Q8_0: 34}[qtype]
+    qoff = 2 if qtype == _Q8_0 else bsz - 16
+
+    @intrinsic
+    def tile8(typingctx, data, p0, rb, nblk, xi, xo, dx, sx, do, lut, out, oo, ost, nt):
+        if not (isinstance(data, types.Array) and data.dtype == types.uint8
+                and isinstance(xi, types.Array) and xi.dtype == types.int8
+                and isinstance(out, types.Array) and out.dtype == types.float32):
+            return None
+        i64 = types.int64
+        sig = types.void(data, i64, i64, i64, xi, i64, dx, sx, i64, lut, out, i64, i64, i64)
+
+        def codegen(context, builder, sig, args):
+            (data_, p0_, rb_, nblk_, xi_, xo_, dx_, sx_, do_, lut_, out_, oo_, ost_,
+             nt_) = args
+            ta = sig.args
+            p0_, rb_, nblk_, xo_, do_, oo_, ost_, nt_ = (
+                context.cast(builder, v, ty, types.int64)
+                for v, ty in ((p0_, ta[1]), (rb_, ta[2]), (nblk_, ta[3]), (xo_, ta[5]),
+                              (do_, ta[8]), (oo_, ta[11]), (ost_, ta[12]), (nt_, ta[13]))
+            )
+            v8f = ir.VectorType(_F32, 8)
+            v8i = ir.VectorType(_I32, 8)
+            v4i = ir.VectorType(_I32, 4)
+            c = lambda v: ir.Constant(_I64, v)  # noqa: E731
+            acc = [cgutils.alloca_once_value(builder, ir.Constant(v8f, None)) for _ in range(R)]
+            nib = ir.Constant(v4i, [0x0F0F0F0F] * 4)
+
+            def half_at(p):
+                bits = builder.load(_flat_ptr(context, builder, ta[0], data_, p, _I16), align=1)
+                idx = builder.zext(bits, _I64)
+                return builder.load(_flat_ptr(context, builder, ta[9], lut_, idx, _F32))
+
+            with cgutils.for_range(builder, nblk_) as loop:
+                b = loop.index
+                pb = builder.add(p0_, builder.mul(b, c(bsz)))
+                xb = builder.add(xo_, builder.mul(b, c(256)))
+                xv = [builder.load(_flat_ptr(context, builder, ta[4], xi_,
+                                             builder.add(xb, c(32 * g)), v8i), align=1)
+                      for g in range(8)]
+                db = builder.add(do_, builder.mul(b, c(8)))
+                dxv = builder.load(_flat_ptr(context, builder, ta[6], dx_, db, v8f), align=4)
+                sxv = builder.load(_flat_ptr(context, builder, ta[7], sx_, db, v8f), align=4)
+                sxo = None
+                if qtype != _Q4_1:  # the unsigned weights' offset: 8 (Q4_0) or 128 (Q8_0)
+                    sxo = builder.fmul(sxv, ir.Constant(v8f, [_BIAS[qtype]] * 8))
+                for r in range(R):
+                    pr = builder.add(pb, builder.mul(rb_, c(r))) if r else pb
+                    wp = builder.add(pr, c(qoff))
+                    if qtype == _Q8_0:
+                        # signed weights w -> unsigned w + 128 (vpdpbusd's u8 side)
+                        raw = builder.load(_flat_ptr(context, builder, ta[0], data_, wp, v8i),
+                                           align=1)
+                        w8 = builder.xor(raw, ir.Constant(v8i, [-0x7F7F7F80] * 8))
+                        srcs = [(w8, g) for g in range(8)]
+                    else:
+                        raw = builder.load(_flat_ptr(context, builder, ta[0], data_, wp, v4i),
+                                           align=1)
+                        lo = builder.and_(raw, nib)
+                        hi = builder.and_(builder.lshr(raw, ir.Constant(v4i, [4] * 4)), nib)
+                        srcs = [(lo if g < 4 else hi, g % 4) for g in range(8)]
+                    dot = ir.Constant(v8i, None)
+                    for g, (h, lane) in enumerate(srcs):
+                        wb = builder.shuffle_vector(h, h, ir.Constant(v8i, [lane] * 8))
+                        dot = _dpbusd(builder, dot, wb, xv[g])
+                    m = None
+                    if qtype == _Q4_1:
+                        m = _splat(builder, half_at(builder.add(pr, c(2))), 8)
+                    a = _block_update(builder, qtype, builder.load(acc[r]), dot, dxv, sxo, sxv,
+                                      _splat(builder, half_at(pr), 8), m)
+                    builder.store(a, acc[r])
+
+            for r in range(R):
+                a = builder.load(acc[r])
+                for t in range(8):
+                    keep = builder.icmp_signed("<", c(t), nt_)
+                    with builder.if_then(keep, likely=True):
+                        op = builder.add(builder.add(oo_, builder.mul(ost_, c(t))), c(r))
+                        builder.store(builder.extract_element(a, ir.Constant(_I32, t)),
+                                      _flat_ptr(context, builder, ta[10], out_, op, _F32))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile8
 
 
 @intrinsic
