@@ -46,8 +46,8 @@ def test_quantize_rows_q8_bit_exact(T):
 
 
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
-# T > 1: 4-token tiles plus a token tail; T >= 8 (Q4): 8-token tiles, the last one partial
-@pytest.mark.parametrize("T", [1, 5, 8, 11, 19])
+# T = 1: decode tiles; T > 1: 8-token tiles, the last group partial
+@pytest.mark.parametrize("T", [1, 2, 5, 8, 11, 19])
 @pytest.mark.parametrize("rows", [50, 3, 130])  # groups of 4 rows plus a tail, tail only
 def test_matmul_matches_twin(qtype, T, rows):
     rng = np.random.default_rng(int(qtype) * 10 + T + rows)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numba as nb
 
-from cpullm.kernels.matmul import TILE8_MIN_TOKENS, dequant_row, matmul
+from cpullm.kernels.matmul import dequant_row, matmul
 from cpullm.kernels.ops import add_into, attention, rmsnorm, rope, store_kv, swiglu
 from cpullm.kernels.quant import interleave8, quantize_rows_q8
 
@@ -34,9 +34,9 @@ def _linear(data, mats, layer, which, rows, cols, T, xq, xd, xs, xi, xdi, xsi, x
 
 @nb.njit(cache=True)
 def _quantize(x, T, n, xq, xd, xs, xi, xdi, xsi):
-    """int8 activations of x[:T, :n], also interleaved when the 8-token tiles will run."""
+    """int8 activations of x[:T, :n], also interleaved for the 8-token tiles (T > 1)."""
     quantize_rows_q8(x, T, n, xq, xd, xs)
-    if T >= TILE8_MIN_TOKENS:
+    if T > 1:
         interleave8(xq, xd, xs, T, n, xi, xdi, xsi)
 
 

@@ -44,23 +44,15 @@ def _bsize(qtype):
 
 
 ROWS_PER_ITER = 4
-TOKENS_PER_TILE = 4
 
-# one intrinsic per (weight type, rows, tokens) tile shape, see simd.make_tile
+# decode: one intrinsic per (weight type, rows) tile shape, see simd.make_tile
 _q40_41 = make_tile(T_Q4_0, 4, 1)
 _q41_41 = make_tile(T_Q4_1, 4, 1)
 _q80_41 = make_tile(T_Q8_0, 4, 1)
 _q40_11 = make_tile(T_Q4_0, 1, 1)
 _q41_11 = make_tile(T_Q4_1, 1, 1)
 _q80_11 = make_tile(T_Q8_0, 1, 1)
-_q40_44 = make_tile(T_Q4_0, 4, 4)
-_q41_44 = make_tile(T_Q4_1, 4, 4)
-_q80_44 = make_tile(T_Q8_0, 4, 4)
-_q40_14 = make_tile(T_Q4_0, 1, 4)
-_q41_14 = make_tile(T_Q4_1, 1, 4)
-_q80_14 = make_tile(T_Q8_0, 1, 4)
-
-
+# prefill: R rows x 8 tokens, see simd.make_tile8
 _q40_8r4 = make_tile8(T_Q4_0, 4)
 _q41_8r4 = make_tile8(T_Q4_1, 4)
 _q80_8r4 = make_tile8(T_Q8_0, 4)
@@ -89,36 +81,22 @@ def _tile8(R, qtype, data, p0, rb, nblk, xi, xo, dx, sx, do, lut, out, oo, ost, 
 
 
 @nb.njit(cache=True, inline="always")
-def _tile(R, TT, qtype, data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost):
-    """out[oo + t*ost + r] = row r (at p0 + r*rb) . token t, for r < R, t < TT (R, TT in 1, 4)."""
-    if R == 4 and TT == 4:
+def _tile(R, qtype, data, p0, rb, nblk, x, xd, xs, lut, out, r):
+    """out[r + i] = row i (at p0 + i*rb) . x, for i < R (4 or 1)."""
+    if R == 4:
         if qtype == T_Q4_0:
-            _q40_44(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
+            _q40_41(data, p0, rb, nblk, x, 0, 0, xd, xs, 0, 0, lut, out, r, 0)
         elif qtype == T_Q4_1:
-            _q41_44(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
+            _q41_41(data, p0, rb, nblk, x, 0, 0, xd, xs, 0, 0, lut, out, r, 0)
         else:
-            _q80_44(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
-    elif R == 1 and TT == 4:
-        if qtype == T_Q4_0:
-            _q40_14(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
-        elif qtype == T_Q4_1:
-            _q41_14(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
-        else:
-            _q80_14(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
-    elif R == 4:
-        if qtype == T_Q4_0:
-            _q40_41(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
-        elif qtype == T_Q4_1:
-            _q41_41(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
-        else:
-            _q80_41(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
+            _q80_41(data, p0, rb, nblk, x, 0, 0, xd, xs, 0, 0, lut, out, r, 0)
     else:
         if qtype == T_Q4_0:
-            _q40_11(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
+            _q40_11(data, p0, rb, nblk, x, 0, 0, xd, xs, 0, 0, lut, out, r, 0)
         elif qtype == T_Q4_1:
-            _q41_11(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
+            _q41_11(data, p0, rb, nblk, x, 0, 0, xd, xs, 0, 0, lut, out, r, 0)
         else:
-            _q80_11(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
+            _q80_11(data, p0, rb, nblk, x, 0, 0, xd, xs, 0, 0, lut, out, r, 0)
 
 
 @nb.njit(cache=True, parallel=True)
@@ -134,54 +112,29 @@ def matvec(data, off, qtype, rows, cols, x, xd, xs, lut, out):
     ng = rows // ROWS_PER_ITER
     for g in nb.prange(ng):
         r = g * ROWS_PER_ITER
-        _tile(4, 1, qtype, data, off + r * rb, rb, nblk, x, 0, 0, xd, xs, 0, 0, lut, out, r, 0)
+        _tile(4, qtype, data, off + r * rb, rb, nblk, x, xd, xs, lut, out, r)
     for r in range(ng * ROWS_PER_ITER, rows):  # the last rows % 4
-        _tile(1, 1, qtype, data, off + r * rb, rb, nblk, x, 0, 0, xd, xs, 0, 0, lut, out, r, 0)
-
-
-@nb.njit(cache=True, inline="always")
-def _rows_tile(TT, qtype, data, off, rb, nblk, r0, r1, t0, xq, xd, xs, lut, out):
-    xst = xq.shape[1]
-    dst = xd.shape[1]
-    ost = out.shape[1]
-    r = r0
-    while r + 4 <= r1:
-        _tile(4, TT, qtype, data, off + r * rb, rb, nblk, xq, t0 * xst, xst, xd, xs,
-              t0 * dst, dst, lut, out, t0 * ost + r, ost)
-        r += 4
-    while r < r1:
-        _tile(1, TT, qtype, data, off + r * rb, rb, nblk, xq, t0 * xst, xst, xd, xs,
-              t0 * dst, dst, lut, out, t0 * ost + r, ost)
-        r += 1
+        _tile(1, qtype, data, off + r * rb, rb, nblk, x, xd, xs, lut, out, r)
 
 
 # weight rows per prefill work item: about this many bytes of weights, reused from cache
-# for every tile of TOKENS_PER_TILE tokens
+# for every group of 8 tokens
 CHUNK_BYTES = 256 * 1024
-
-
-# from this many tokens on, block-type products use the 8-token tiles (simd.make_tile8)
-TILE8_MIN_TOKENS = 8
-
-
-@nb.njit(cache=True, inline="always")
-def uses_tile8(qtype, T):
-    return T >= TILE8_MIN_TOKENS and (qtype == T_Q4_0 or qtype == T_Q4_1 or qtype == T_Q8_0)
 
 
 @nb.njit(cache=True, parallel=True)
 def matmul(data, off, qtype, rows, cols, T, xq, xd, xs, xi, xdi, xsi, xf, lut, out):
     """data (file,) u8; xq (>=T, >=cols) i8; xd, xs (>=T, >=cols/32) f32; xi, xdi, xsi: the
-    same activations interleaved by :func:`cpullm.kernels.quant.interleave8` (read only
-    when :func:`uses_tile8`); xf (>=T, >=cols) f32; lut (2, 65536) f32;
-    out (>=T, >=rows) f32.  Writes out[:T, :rows].
+    same activations interleaved by :func:`cpullm.kernels.quant.interleave8` (read when
+    T >= 2); xf (>=T, >=cols) f32; lut (2, 65536) f32; out (>=T, >=rows) f32.
+    Writes out[:T, :rows].
 
     Buffers are passed whole (C-contiguous) with explicit T and sizes, so one
     compiled specialization serves every call. One token with a block weight type
     goes to :func:`matvec`. Several tokens: the rows are cut into chunks of about
-    CHUNK_BYTES of weights (one per work item); within a chunk, 4-row x 4-token tiles
-    read each weight block once per 4 tokens from cache and each activation block once
-    per 4 rows."""
+    CHUNK_BYTES of weights (one per work item); within a chunk, 4-row x 8-token tiles
+    (the last group of tokens padded) read each weight block once per 8 tokens from
+    cache and each activation block once per 4 rows."""
     nblk = cols // QK
     if qtype == T_Q8_0 or qtype == T_Q4_0 or qtype == T_Q4_1:
         if T == 1:
@@ -191,34 +144,22 @@ def matmul(data, off, qtype, rows, cols, T, xq, xd, xs, xi, xdi, xsi, xf, lut, o
         rc = max(4, (CHUNK_BYTES // max(rb, 1)) // 4 * 4)
         rc = min(rc, max(4, (rows // 16) // 4 * 4))  # enough work items for the threads
         nch = (rows + rc - 1) // rc
-        if uses_tile8(qtype, T):
-            ost = out.shape[1]
-            ng = (T + 7) // 8
-            for ci in nb.prange(nch):
-                r0 = ci * rc
-                r1 = min(rows, r0 + rc)
-                for g in range(ng):
-                    nt = min(8, T - 8 * g)
-                    r = r0
-                    while r + 4 <= r1:
-                        _tile8(4, qtype, data, off + r * rb, rb, nblk, xi, g * nblk * 256, xdi,
-                               xsi, g * nblk * 8, lut, out, 8 * g * ost + r, ost, nt)
-                        r += 4
-                    while r < r1:
-                        _tile8(1, qtype, data, off + r * rb, rb, nblk, xi, g * nblk * 256, xdi,
-                               xsi, g * nblk * 8, lut, out, 8 * g * ost + r, ost, nt)
-                        r += 1
-            return
+        ost = out.shape[1]
+        ng = (T + 7) // 8
         for ci in nb.prange(nch):
             r0 = ci * rc
             r1 = min(rows, r0 + rc)
-            t0 = 0
-            while t0 + TOKENS_PER_TILE <= T:
-                _rows_tile(4, qtype, data, off, rb, nblk, r0, r1, t0, xq, xd, xs, lut, out)
-                t0 += TOKENS_PER_TILE
-            while t0 < T:
-                _rows_tile(1, qtype, data, off, rb, nblk, r0, r1, t0, xq, xd, xs, lut, out)
-                t0 += 1
+            for g in range(ng):
+                nt = min(8, T - 8 * g)
+                r = r0
+                while r + 4 <= r1:
+                    _tile8(4, qtype, data, off + r * rb, rb, nblk, xi, g * nblk * 256, xdi,
+                           xsi, g * nblk * 8, lut, out, 8 * g * ost + r, ost, nt)
+                    r += 4
+                while r < r1:
+                    _tile8(1, qtype, data, off + r * rb, rb, nblk, xi, g * nblk * 256, xdi,
+                           xsi, g * nblk * 8, lut, out, 8 * g * ost + r, ost, nt)
+                    r += 1
     else:
         # float weights: F32 read in place, F16/BF16 through the lookup table
         esz = 4 if qtype == T_F32 else 2
