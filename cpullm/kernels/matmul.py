@@ -43,12 +43,12 @@ def _bsize(qtype):
     return 34 if qtype == T_Q8_0 else (18 if qtype == T_Q4_0 else 20)
 
 
-ROWS_PER_ITER = 4
+ROWS_PER_ITER = 8
 
 # decode: one intrinsic per (weight type, rows) tile shape, see simd.make_tile
-_q40_41 = make_tile(T_Q4_0, 4, 1)
-_q41_41 = make_tile(T_Q4_1, 4, 1)
-_q80_41 = make_tile(T_Q8_0, 4, 1)
+_q40_41 = make_tile(T_Q4_0, ROWS_PER_ITER, 1)
+_q41_41 = make_tile(T_Q4_1, ROWS_PER_ITER, 1)
+_q80_41 = make_tile(T_Q8_0, ROWS_PER_ITER, 1)
 _q40_11 = make_tile(T_Q4_0, 1, 1)
 _q41_11 = make_tile(T_Q4_1, 1, 1)
 _q80_11 = make_tile(T_Q8_0, 1, 1)
@@ -82,8 +82,8 @@ def _tile8(R, qtype, data, p0, rb, nblk, xi, xo, dx, sx, do, lut, out, oo, ost, 
 
 @nb.njit(cache=True, inline="always")
 def _tile(R, qtype, data, p0, rb, nblk, x, xd, xs, lut, out, r):
-    """out[r + i] = row i (at p0 + i*rb) . x, for i < R (4 or 1)."""
-    if R == 4:
+    """out[r + i] = row i (at p0 + i*rb) . x, for i < R (ROWS_PER_ITER or 1)."""
+    if R == ROWS_PER_ITER:
         if qtype == T_Q4_0:
             _q40_41(data, p0, rb, nblk, x, 0, 0, xd, xs, 0, 0, lut, out, r, 0)
         elif qtype == T_Q4_1:
@@ -105,15 +105,15 @@ def matvec(data, off, qtype, rows, cols, x, xd, xs, lut, out):
 
     x (>=cols,) i8 and xd, xs (>=cols/32,) f32 are one row of :func:`quantize_rows_q8`;
     out (>=rows,) f32. Each iteration takes ROWS_PER_ITER rows, so every activation
-    block is loaded once for four weight rows; the sums stay in vector registers
+    block is loaded once for ROWS_PER_ITER weight rows; the sums stay in vector registers
     (see :func:`cpullm.kernels.simd.make_tile`); nothing is allocated."""
     nblk = cols // QK
     rb = nblk * _bsize(qtype)
     ng = rows // ROWS_PER_ITER
     for g in nb.prange(ng):
         r = g * ROWS_PER_ITER
-        _tile(4, qtype, data, off + r * rb, rb, nblk, x, xd, xs, lut, out, r)
-    for r in range(ng * ROWS_PER_ITER, rows):  # the last rows % 4
+        _tile(ROWS_PER_ITER, qtype, data, off + r * rb, rb, nblk, x, xd, xs, lut, out, r)
+    for r in range(ng * ROWS_PER_ITER, rows):  # the last rows % ROWS_PER_ITER
         _tile(1, qtype, data, off + r * rb, rb, nblk, x, xd, xs, lut, out, r)
 
 

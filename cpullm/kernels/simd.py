@@ -183,8 +183,8 @@ _Q4_0, _Q4_1, _Q8_0 = 2, 3, 8
 
 
 def _rows_sum(builder, vs):
-    """R (1 or 4) vectors of 8 x i32 -> one R x i32 vector of their lane sums (exact).
-    For 4 rows: two in-lane pair steps on 256-bit vectors, then one 128-bit fold."""
+    """R (1, 4 or 8) vectors of 8 x i32 -> one R x i32 vector of their lane sums (exact),
+    by shuffle-and-add steps that sum several rows at once."""
     v4i = ir.VectorType(_I32, 4)
     v8i = ir.VectorType(_I32, 8)
     if len(vs) == 1:
@@ -198,10 +198,16 @@ def _rows_sum(builder, vs):
 
     # rows a, b -> [a0+a2, a1+a3, b0+b2, b1+b3, a4+a6, a5+a7, b4+b6, b5+b7]
     pair = ([0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15])
-    ab = step(vs[0], vs[1], *pair)
-    cd = step(vs[2], vs[3], *pair)
-    # -> [a_lo, b_lo, c_lo, d_lo, a_hi, b_hi, c_hi, d_hi]
-    z = step(ab, cd, [0, 2, 8, 10, 4, 6, 12, 14], [1, 3, 9, 11, 5, 7, 13, 15])
+    # two such -> [a_lo, b_lo, c_lo, d_lo, a_hi, b_hi, c_hi, d_hi]
+    quad = ([0, 2, 8, 10, 4, 6, 12, 14], [1, 3, 9, 11, 5, 7, 13, 15])
+    zs = []
+    for k in range(0, len(vs), 4):
+        ab = step(vs[k], vs[k + 1], *pair)
+        cd = step(vs[k + 2], vs[k + 3], *pair)
+        zs.append(step(ab, cd, *quad))
+    if len(zs) == 2:  # 8 rows: [a..h]
+        return step(zs[0], zs[1], [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15])
+    z = zs[0]
     lo = builder.shuffle_vector(z, z, ir.Constant(v4i, [0, 1, 2, 3]))
     hi = builder.shuffle_vector(z, z, ir.Constant(v4i, [4, 5, 6, 7]))
     return builder.add(lo, hi)
