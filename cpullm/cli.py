@@ -292,7 +292,7 @@ def _generate(model, prompt, n, temperature, seed, threads, ctx, special, echo, 
     from cpullm.tokenizer import Tokenizer
 
     f = GGUFFile(path)
-    tok = Tokenizer.from_metadata(f.metadata)
+    tok = Tokenizer.for_file(f)
     ids = tok.encode(prompt, parse_special=special)
     if not ids:
         raise CpullmError("the prompt is empty (and the model adds no BOS token)")

@@ -308,7 +308,7 @@ class Model:
         if self._tokenizer is None:
             from cpullm.tokenizer import Tokenizer
 
-            self._tokenizer = Tokenizer.from_metadata(self.file.metadata)
+            self._tokenizer = Tokenizer.for_file(self.file)
         return self._tokenizer
 
     @tokenizer.setter

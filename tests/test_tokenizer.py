@@ -508,3 +508,58 @@ def test_thousands_of_control_tokens_split():
     ids = tok.encode("a<ctrl12345>b<ctrl7>", parse_special=True)
     assert 12345 in ids and 7 in ids
     assert 12345 not in tok.encode("a<ctrl12345>b")
+
+
+# ---- the per-file cache of BPE tables ---------------------------------------------------
+
+CACHE_SAMPLES = ["Hello world", "  leading spaces\n\ttabs", "naïve café 你好 🚀",
+                 "def f(x):\n    return x ** 2  # comment", "<|im_start|>user\nhi<|im_end|>"]
+
+
+def test_bpe_tables_cache(smollm2_path, tmp_path, monkeypatch):
+    """The second Tokenizer.for_file reads the tables the first one stored, and encodes and
+    decodes exactly as a tokenizer built from scratch; a damaged entry is rebuilt; another
+    mtime is another entry."""
+    import os
+
+    from cpullm.gguf import GGUFFile
+    from cpullm.tokenizer import cache as bpe_cache
+
+    monkeypatch.setenv("CPULLM_CACHE", str(tmp_path / "c"))
+    f = GGUFFile(smollm2_path)
+    fresh = Tokenizer.from_metadata(f.metadata)
+    key = bpe_cache.key(f.path)
+    assert bpe_cache.load(key, fresh.vocab_size) is None
+    first = Tokenizer.for_file(f)
+    tables = bpe_cache.load(key, fresh.vocab_size)
+    assert tables is not None and len(tables.tok_bytes) == fresh.vocab_size
+    assert bpe_cache.load(key, fresh.vocab_size + 1) is None  # another vocabulary size
+    second = Tokenizer.for_file(f)  # from the cache
+    for s in CACHE_SAMPLES:
+        ids = fresh.encode(s, parse_special=True)
+        assert first.encode(s, parse_special=True) == ids
+        assert second.encode(s, parse_special=True) == ids
+        assert second.decode(ids) == fresh.decode(ids)
+    entry = next((tmp_path / "c" / "tokenizers").glob("*.npz"))
+    entry.write_bytes(entry.read_bytes()[:1000])  # truncated
+    assert bpe_cache.load(key, fresh.vocab_size) is None
+    third = Tokenizer.for_file(f)
+    assert third.encode(CACHE_SAMPLES[2]) == fresh.encode(CACHE_SAMPLES[2])
+    assert bpe_cache.load(key, fresh.vocab_size) is not None  # written again
+    copy = tmp_path / "copy.gguf"
+    copy.write_bytes(smollm2_path.read_bytes())
+    k1 = bpe_cache.key(copy)
+    os.utime(copy, ns=(1_000_000_000, 1_000_000_000))
+    assert bpe_cache.key(copy) != k1 != key
+
+
+def test_bpe_tables_cache_unwritable(smollm2_path, tmp_path, monkeypatch):
+    """A cache folder that cannot be created costs nothing but the time."""
+    from cpullm.gguf import GGUFFile
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("CPULLM_CACHE", str(blocker))
+    tok = Tokenizer.for_file(GGUFFile(smollm2_path))
+    assert tok.encode("Hello world") == Tokenizer.from_metadata(
+        GGUFFile(smollm2_path).metadata).encode("Hello world")

@@ -21,6 +21,7 @@ import numpy as np
 
 from cpullm.errors import TokenizerError
 from cpullm.gguf.constants import Keys, TokenType
+from cpullm.tokenizer import cache as bpe_cache
 from cpullm.tokenizer.bpe import ByteLevelBPE, token_bytes_table
 from cpullm.tokenizer.pretok import pattern_for
 from cpullm.tokenizer.specials import LiteralMatcher
@@ -69,7 +70,15 @@ class Tokenizer:
         raise TypeError("use Tokenizer.from_metadata(md)")
 
     @classmethod
-    def from_metadata(cls, md: Mapping[str, Any]) -> Tokenizer:
+    def for_file(cls, f: Any) -> Tokenizer:
+        """The tokenizer of an open :class:`cpullm.gguf.GGUFFile`; byte-level BPE tables
+        are cached per file (:mod:`cpullm.tokenizer.cache`), so a second start is faster."""
+        return cls.from_metadata(f.metadata, cache_key=bpe_cache.key(f.path))
+
+    @classmethod
+    def from_metadata(cls, md: Mapping[str, Any], cache_key: str | None = None) -> Tokenizer:
+        """The tokenizer described by GGUF metadata ``md``. ``cache_key``: where to keep
+        (and look for) its byte-level BPE tables, see :meth:`for_file`."""
         self = object.__new__(cls)
         kind = md.get(Keys.TOKENIZER_MODEL)
         if kind is None:
@@ -148,16 +157,21 @@ class Tokenizer:
             merges = md.get(Keys.MERGES)
             if merges is None:
                 raise TokenizerError(f"missing metadata key {Keys.MERGES} (gpt2 tokenizer)")
-            tb = token_bytes_table(tokens, types)
+            cached = bpe_cache.load(cache_key, n) if cache_key else None
+            tb = cached.tok_bytes if cached else token_bytes_table(tokens, types)
             self._backend = ByteLevelBPE(
                 tokens,
                 types,
-                list(merges),
+                [] if cached else list(merges),
                 tb,
                 pattern_for(pre),
                 self.unk_id,
                 name=f"cpullm-{self.pre}",
+                tables=(cached.rank_bytes, cached.rank2id) if cached else None,
             )
+            if cache_key and not cached:
+                bpe_cache.save(cache_key, bpe_cache.BPETables(
+                    list(self._backend.ranks), self._backend.rank2id, tb))
         # rendered bytes: control/unknown tokens give b"" unless render_special
         self._bytes_special = tb
         self._bytes = list(tb)

@@ -84,48 +84,16 @@ class ByteLevelBPE:
         pat_str: str,
         unk_id: int | None,
         name: str = "cpullm-bpe",
+        tables: tuple[list[bytes], np.ndarray] | None = None,
     ) -> None:
-        tok2id = dict(zip(tokens, range(len(tokens)), strict=True))
-        is_control = types == TokenType.CONTROL
-        ranks: dict[bytes, int] = {}
-        rank2id: list[int] = []
-        # 256 single bytes
-        for b in range(256):
-            tid = tok2id.get(BYTE_TO_UNICODE[b])
-            if tid is None or is_control[tid]:
-                tid = -1 if unk_id is None else unk_id
-            ranks[bytes((b,))] = b
-            rank2id.append(tid)
-        # merge results in merge order. Byte-level merges hold exactly one literal space
-        # and no newline, so all "left right" -> "leftright" strings come from one C call.
-        joined = "\n".join(merges)
-        if joined.count(" ") == len(merges) and joined.count("\n") == len(merges) - 1:
-            concat = joined.replace(" ", "").split("\n") if merges else []
+        """``tables``: (rank bytes in rank order, rank -> token id) from an earlier build
+        of the same vocabulary (see :mod:`cpullm.tokenizer.cache`), else built here."""
+        if tables is not None:
+            rank_bytes, rank2id = tables
+            ranks = dict(zip(rank_bytes, range(len(rank_bytes)), strict=True))
         else:
-            concat = []
-            for k, m in enumerate(merges):
-                parts = m.split(" ")
-                if len(parts) != 2:
-                    raise TokenizerError(f"tokenizer.ggml.merges[{k}]={m!r} is not 'left right'")
-                concat.append(parts[0] + parts[1])
-        # token id of each merge result; one that is not a token, or is a control token,
-        # is skipped (HF refuses such a file; we just never produce that token)
-        tids = np.fromiter(map(tok2id.get, concat, repeat(-1)), np.int64, len(concat))
-        keep = tids >= 0
-        keep[keep] = ~is_control[tids[keep]]
-        tids = tids[keep]
-        # the first merge producing a given token wins
-        _, first = np.unique(tids, return_index=True)
-        tids = tids[np.sort(first)].tolist()
-        new = [tok_bytes[t] for t in tids]
-        if len(set(new)) == len(new) and min(map(len, new), default=2) > 1:
-            ranks.update(zip(new, range(256, 256 + len(new)), strict=True))
-            rank2id.extend(tids)
-        else:  # two tokens with the same bytes: the first merge producing them wins
-            for tid, bts in zip(tids, new, strict=True):
-                if bts not in ranks:
-                    ranks[bts] = len(rank2id)
-                    rank2id.append(tid)
+            ranks, rank2id = _build_ranks(tokens, types, merges, tok_bytes, unk_id)
+        self.ranks = ranks
         self.rank2id = np.asarray(rank2id, dtype=np.int64)
         self._has_missing = bool((self.rank2id < 0).any())
         try:
@@ -143,3 +111,52 @@ class ByteLevelBPE:
         if self._has_missing:
             ids = ids[ids >= 0]
         return ids.tolist()
+
+
+def _build_ranks(
+    tokens: list[str], types: np.ndarray, merges: list[str], tok_bytes: list[bytes],
+    unk_id: int | None,
+) -> tuple[dict[bytes, int], list[int]]:
+    """tiktoken's ``bytes -> rank`` table and the token id of each rank."""
+    tok2id = dict(zip(tokens, range(len(tokens)), strict=True))
+    is_control = types == TokenType.CONTROL
+    ranks: dict[bytes, int] = {}
+    rank2id: list[int] = []
+    # 256 single bytes
+    for b in range(256):
+        tid = tok2id.get(BYTE_TO_UNICODE[b])
+        if tid is None or is_control[tid]:
+            tid = -1 if unk_id is None else unk_id
+        ranks[bytes((b,))] = b
+        rank2id.append(tid)
+    # merge results in merge order. Byte-level merges hold exactly one literal space
+    # and no newline, so all "left right" -> "leftright" strings come from one C call.
+    joined = "\n".join(merges)
+    if joined.count(" ") == len(merges) and joined.count("\n") == len(merges) - 1:
+        concat = joined.replace(" ", "").split("\n") if merges else []
+    else:
+        concat = []
+        for k, m in enumerate(merges):
+            parts = m.split(" ")
+            if len(parts) != 2:
+                raise TokenizerError(f"tokenizer.ggml.merges[{k}]={m!r} is not 'left right'")
+            concat.append(parts[0] + parts[1])
+    # token id of each merge result; one that is not a token, or is a control token,
+    # is skipped (HF refuses such a file; we just never produce that token)
+    tids = np.fromiter(map(tok2id.get, concat, repeat(-1)), np.int64, len(concat))
+    keep = tids >= 0
+    keep[keep] = ~is_control[tids[keep]]
+    tids = tids[keep]
+    # the first merge producing a given token wins
+    _, first = np.unique(tids, return_index=True)
+    tids = tids[np.sort(first)].tolist()
+    new = [tok_bytes[t] for t in tids]
+    if len(set(new)) == len(new) and min(map(len, new), default=2) > 1:
+        ranks.update(zip(new, range(256, 256 + len(new)), strict=True))
+        rank2id.extend(tids)
+    else:  # two tokens with the same bytes: the first merge producing them wins
+        for tid, bts in zip(tids, new, strict=True):
+            if bts not in ranks:
+                ranks[bts] = len(rank2id)
+                rank2id.append(tid)
+    return ranks, rank2id
