@@ -213,6 +213,13 @@ def _rows_sum(builder, vs):
     return builder.add(lo, hi)
 
 
+def _store_out(context, builder, aty, out, oo, ost, t, r, v):
+    """out[oo + t*ost + r] = v (the result of row r for token t)."""
+    op = builder.add(builder.add(oo, builder.mul(ost, ir.Constant(_I64, t))),
+                     ir.Constant(_I64, r))
+    builder.store(v, _flat_ptr(context, builder, aty, out, op, _F32))
+
+
 def _block_update(builder, qtype, acc, idot, dx, sxo, sx, dw, m):
     """acc += the block's contribution, from its exact integer dot ``idot`` (unsigned
     weights: Q4 nibbles, or Q8_0's w + 128). Every tile does exactly these float
@@ -314,9 +321,8 @@ def make_tile(qtype, R, TT):
             for t in range(TT):
                 a = builder.load(acc[t])
                 for r in range(R):
-                    op = builder.add(builder.add(oo_, builder.mul(ost_, c(t))), c(r))
-                    builder.store(builder.extract_element(a, ir.Constant(_I32, r)),
-                                  _flat_ptr(context, builder, ta[12], out_, op, _F32))
+                    _store_out(context, builder, ta[12], out_, oo_, ost_, t, r,
+                               builder.extract_element(a, ir.Constant(_I32, r)))
             return context.get_dummy_value()
 
         return sig, codegen
@@ -435,9 +441,8 @@ def make_tile8(qtype, R):
                 for t in range(8):
                     keep = builder.icmp_signed("<", c(t), nt_)
                     with builder.if_then(keep, likely=True):
-                        op = builder.add(builder.add(oo_, builder.mul(ost_, c(t))), c(r))
-                        builder.store(builder.extract_element(a, ir.Constant(_I32, t)),
-                                      _flat_ptr(context, builder, ta[10], out_, op, _F32))
+                        _store_out(context, builder, ta[10], out_, oo_, ost_, t, r,
+                                   builder.extract_element(a, ir.Constant(_I32, t)))
             return context.get_dummy_value()
 
         return sig, codegen
