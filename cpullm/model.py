@@ -281,7 +281,7 @@ class Model:
 
     def load_kernels(self) -> None:
         """Make the compiled forward step for this model's array types ready without
-        running it: loaded from numba's on-disk cache, or compiled (about a minute) on
+        running it: loaded from numba's on-disk cache, or compiled (20-60 s) on
         the first run ever. :meth:`eval` does this itself when needed; call it first to
         time or announce the compile."""
         from numba import typeof

@@ -171,8 +171,9 @@ def test_f32_to_f16_bit_exact_with_numpy():
 @pytest.mark.parametrize("qtype", [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1],
                          ids=lambda t: t.name)
 def test_tile_intrinsic_both_code_paths(monkeypatch, qtype, vnni):
-    """The 4x4 tile with vpdpbusd and with the portable widened multiply (CPUs without
-    VNNI) agree with the numpy twin; compiled fresh, outside the cache."""
+    """The decode tile (8 rows, one token at a time) and the 8-token prefill tile, with
+    vpdpbusd and with the portable widened multiply (CPUs without VNNI), agree with the
+    numpy twin and with each other bit for bit; compiled fresh, outside the cache."""
     import numba
 
     from cpullm.kernels import simd
@@ -180,15 +181,19 @@ def test_tile_intrinsic_both_code_paths(monkeypatch, qtype, vnni):
     if vnni and not simd._vnni():
         pytest.skip("this CPU has no VNNI")
     monkeypatch.setattr(simd, "_USE_VNNI", vnni)
-    tile = simd.make_tile(int(qtype), 4, 4)
+    tile = simd.make_tile(int(qtype), 8)
+    tile8 = simd.make_tile8(int(qtype), 4)
 
     @numba.njit
-    def run(data, rb, nblk, xq, xd, xs, lut, out):
-        tile(data, 0, rb, nblk, xq, 0, xq.shape[1], xd, xs, 0, xd.shape[1], lut, out, 0,
-             out.shape[1])
+    def run(data, rb, nblk, xq, xd, xs, xi, xdi, xsi, lut, out, out8):
+        for t in range(xq.shape[0]):
+            tile(data, 0, rb, nblk, xq[t], xd[t], xs[t], lut, out[t], 0)
+        for r in range(0, out.shape[1], 4):
+            tile8(data, r * rb, rb, nblk, xi, 0, xdi, xsi, 0, lut, out8, r, out8.shape[1],
+                  xq.shape[0])
 
     rng = np.random.default_rng(7)
-    rows, cols, T = 4, 128, 4
+    rows, cols, T = 8, 128, 8
     w = rng.standard_normal((rows, cols)).astype(np.float32)
     raw = quants.quantize(w, qtype)
     x = rng.standard_normal((T, cols)).astype(np.float32)
@@ -196,11 +201,17 @@ def test_tile_intrinsic_both_code_paths(monkeypatch, qtype, vnni):
     xd = np.zeros((T, cols // 32), np.float32)
     xs = np.zeros((T, cols // 32), np.float32)
     quantize_rows_q8(x, T, cols, xq, xd, xs)
+    xi = np.zeros(T * cols, np.int8)
+    xdi = np.zeros(T * cols // 32, np.float32)
+    xsi = np.zeros(T * cols // 32, np.float32)
+    interleave8(xq, xd, xs, T, cols, xi, xdi, xsi)
     out = np.zeros((T, rows), np.float32)
+    out8 = np.zeros((T, rows), np.float32)
     run(raw.reshape(-1), raw.shape[1] if raw.ndim == 2 else raw.nbytes // rows, cols // 32,
-        xq, xd, xs, LUT, out)
+        xq, xd, xs, xi, xdi, xsi, LUT, out, out8)
     ref = reference.linear(quants.dequantize(raw, qtype, cols).astype(np.float64), qtype, x)
     assert rel_err(out, ref) < 1e-5
+    np.testing.assert_array_equal(out8, out)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.uint16])

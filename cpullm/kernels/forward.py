@@ -26,8 +26,7 @@ N_DIMS = 9
 
 
 @nb.njit(cache=True)
-def _linear(data, mats, layer, which, rows, cols, T, xq, xd, xs, xi, xdi, xsi, xf, lut,
-                out):
+def _linear(data, mats, layer, which, rows, cols, T, xq, xd, xs, xi, xdi, xsi, xf, lut, out):
     matmul(data, mats[layer, which, 0], mats[layer, which, 1], rows, cols, T, xq, xd, xs,
            xi, xdi, xsi, xf, lut, out)
 

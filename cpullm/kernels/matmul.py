@@ -16,26 +16,13 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from cpullm.kernels.simd import f32_at, make_tile, make_tile8, q4_dot, q8_dot
+from cpullm.kernels.simd import f32_at, make_tile, make_tile8
 from cpullm.kernels.tables import QK, T_BF16, T_F16, T_F32, T_Q4_0, T_Q4_1, T_Q8_0
 
 
 @nb.njit(cache=True, inline="always")
 def _f16(data, p, lut):
     return lut[0, np.int64(data[p]) | (np.int64(data[p + 1]) << 8)]
-
-
-@nb.njit(cache=True, inline="always")
-def _qblock(data, p, qtype, x, xb, dx, sx, lut):
-    """One weight block at byte p times activation block xb (scale dx, sum sx), as f32."""
-    dw = _f16(data, p, lut)
-    if qtype == T_Q8_0:
-        return dw * dx * np.float32(q8_dot(data, p + 2, x, xb))
-    if qtype == T_Q4_0:
-        # sum (q-8)*x = sum q*x - 8*sum x; the block sum sx = dx*sum(x_q)
-        return dw * (dx * np.float32(q4_dot(data, p + 2, x, xb)) - np.float32(8.0) * sx)
-    # Q4_1: d*q + m
-    return dw * dx * np.float32(q4_dot(data, p + 4, x, xb)) + _f16(data, p + 2, lut) * sx
 
 
 @nb.njit(cache=True, inline="always")
@@ -46,19 +33,19 @@ def _bsize(qtype):
 ROWS_PER_ITER = 8
 
 # decode: one intrinsic per (weight type, rows) tile shape, see simd.make_tile
-_q40_41 = make_tile(T_Q4_0, ROWS_PER_ITER, 1)
-_q41_41 = make_tile(T_Q4_1, ROWS_PER_ITER, 1)
-_q80_41 = make_tile(T_Q8_0, ROWS_PER_ITER, 1)
-_q40_11 = make_tile(T_Q4_0, 1, 1)
-_q41_11 = make_tile(T_Q4_1, 1, 1)
-_q80_11 = make_tile(T_Q8_0, 1, 1)
+_q40_r8 = make_tile(T_Q4_0, ROWS_PER_ITER)
+_q41_r8 = make_tile(T_Q4_1, ROWS_PER_ITER)
+_q80_r8 = make_tile(T_Q8_0, ROWS_PER_ITER)
+_q40_r1 = make_tile(T_Q4_0, 1)
+_q41_r1 = make_tile(T_Q4_1, 1)
+_q80_r1 = make_tile(T_Q8_0, 1)
 # prefill: R rows x 8 tokens, see simd.make_tile8
-_q40_8r4 = make_tile8(T_Q4_0, 4)
-_q41_8r4 = make_tile8(T_Q4_1, 4)
-_q80_8r4 = make_tile8(T_Q8_0, 4)
-_q40_8r1 = make_tile8(T_Q4_0, 1)
-_q41_8r1 = make_tile8(T_Q4_1, 1)
-_q80_8r1 = make_tile8(T_Q8_0, 1)
+_q40_t8r4 = make_tile8(T_Q4_0, 4)
+_q41_t8r4 = make_tile8(T_Q4_1, 4)
+_q80_t8r4 = make_tile8(T_Q8_0, 4)
+_q40_t8r1 = make_tile8(T_Q4_0, 1)
+_q41_t8r1 = make_tile8(T_Q4_1, 1)
+_q80_t8r1 = make_tile8(T_Q8_0, 1)
 
 
 @nb.njit(cache=True, inline="always")
@@ -66,18 +53,18 @@ def _tile8(R, qtype, data, p0, rb, nblk, xi, xo, dx, sx, do, lut, out, oo, ost, 
     """R rows (4 or 1) x 8 tokens (the first nt stored) from interleaved activations."""
     if R == 4:
         if qtype == T_Q4_0:
-            _q40_8r4(data, p0, rb, nblk, xi, xo, dx, sx, do, lut, out, oo, ost, nt)
+            _q40_t8r4(data, p0, rb, nblk, xi, xo, dx, sx, do, lut, out, oo, ost, nt)
         elif qtype == T_Q4_1:
-            _q41_8r4(data, p0, rb, nblk, xi, xo, dx, sx, do, lut, out, oo, ost, nt)
+            _q41_t8r4(data, p0, rb, nblk, xi, xo, dx, sx, do, lut, out, oo, ost, nt)
         else:
-            _q80_8r4(data, p0, rb, nblk, xi, xo, dx, sx, do, lut, out, oo, ost, nt)
+            _q80_t8r4(data, p0, rb, nblk, xi, xo, dx, sx, do, lut, out, oo, ost, nt)
     else:
         if qtype == T_Q4_0:
-            _q40_8r1(data, p0, rb, nblk, xi, xo, dx, sx, do, lut, out, oo, ost, nt)
+            _q40_t8r1(data, p0, rb, nblk, xi, xo, dx, sx, do, lut, out, oo, ost, nt)
         elif qtype == T_Q4_1:
-            _q41_8r1(data, p0, rb, nblk, xi, xo, dx, sx, do, lut, out, oo, ost, nt)
+            _q41_t8r1(data, p0, rb, nblk, xi, xo, dx, sx, do, lut, out, oo, ost, nt)
         else:
-            _q80_8r1(data, p0, rb, nblk, xi, xo, dx, sx, do, lut, out, oo, ost, nt)
+            _q80_t8r1(data, p0, rb, nblk, xi, xo, dx, sx, do, lut, out, oo, ost, nt)
 
 
 @nb.njit(cache=True, inline="always")
@@ -85,18 +72,18 @@ def _tile(R, qtype, data, p0, rb, nblk, x, xd, xs, lut, out, r):
     """out[r + i] = row i (at p0 + i*rb) . x, for i < R (ROWS_PER_ITER or 1)."""
     if R == ROWS_PER_ITER:
         if qtype == T_Q4_0:
-            _q40_41(data, p0, rb, nblk, x, 0, 0, xd, xs, 0, 0, lut, out, r, 0)
+            _q40_r8(data, p0, rb, nblk, x, xd, xs, lut, out, r)
         elif qtype == T_Q4_1:
-            _q41_41(data, p0, rb, nblk, x, 0, 0, xd, xs, 0, 0, lut, out, r, 0)
+            _q41_r8(data, p0, rb, nblk, x, xd, xs, lut, out, r)
         else:
-            _q80_41(data, p0, rb, nblk, x, 0, 0, xd, xs, 0, 0, lut, out, r, 0)
+            _q80_r8(data, p0, rb, nblk, x, xd, xs, lut, out, r)
     else:
         if qtype == T_Q4_0:
-            _q40_11(data, p0, rb, nblk, x, 0, 0, xd, xs, 0, 0, lut, out, r, 0)
+            _q40_r1(data, p0, rb, nblk, x, xd, xs, lut, out, r)
         elif qtype == T_Q4_1:
-            _q41_11(data, p0, rb, nblk, x, 0, 0, xd, xs, 0, 0, lut, out, r, 0)
+            _q41_r1(data, p0, rb, nblk, x, xd, xs, lut, out, r)
         else:
-            _q80_11(data, p0, rb, nblk, x, 0, 0, xd, xs, 0, 0, lut, out, r, 0)
+            _q80_r1(data, p0, rb, nblk, x, xd, xs, lut, out, r)
 
 
 @nb.njit(cache=True, parallel=True)

@@ -1,17 +1,13 @@
-"""Block dot products written as LLVM vector IR (numba intrinsics).
+"""Quantized products written as LLVM vector IR (numba intrinsics).
 
 LLVM does not find the int8 dot product in plain numba loops (numba widens int32
-arithmetic to int64, so the loops compile to scalar ``imul``). These intrinsics
-state the block product directly as vectors: widen 32 weights and 32 int8
-activations to i32, multiply, ``llvm.vector.reduce.add``. That is portable IR;
-the x86 back end turns it into ``vpdpbusd`` (AVX512-VNNI / AVX-VNNI) or
-``vpmaddwd`` (AVX2) for the CPU numba compiles for, and into plain SIMD elsewhere.
-
-    q4_dot(data, p, x, xb)  = sum_j lo(data[p+j]) * x[xb+j] + hi(data[p+j]) * x[xb+16+j]
-    q8_dot(data, p, x, xb)  = sum_j int8(data[p+j]) * x[xb+j]       (j < 32)
-
-``data`` is any 1-D uint8 array, ``x`` any 1-D int8 array; offsets are element
-indices and are not bounds-checked.
+arithmetic to int64, so the loops compile to scalar ``imul``). These intrinsics state
+the block products directly as vectors: ``vpdpbusd`` (u8 x s8 -> i32, AVX512-VNNI /
+AVX-VNNI) where the CPU has it, else a widened multiply that the back end turns into
+``vpmaddwd`` (AVX2) or plain SIMD. Tiles for decode (:func:`make_tile`) and prefill
+(:func:`make_tile8`), f32/f16 attention helpers (:func:`vdot`, :func:`vaxpy`) and an
+unaligned float load (:func:`f32_at`). Offsets are element indices and are not
+bounds-checked.
 """
 
 from __future__ import annotations
@@ -25,11 +21,6 @@ _I8 = ir.IntType(8)
 _I32 = ir.IntType(32)
 
 
-def _vec_ptr(context, builder, aty, arr, idx, n):
-    a = context.make_array(aty)(context, builder, arr)
-    return builder.bitcast(builder.gep(a.data, [idx]), ir.PointerType(ir.VectorType(_I8, n)))
-
-
 def _reduce_add(builder, v):
     fnty = ir.FunctionType(_I32, [v.type])
     fn = cgutils.get_or_insert_function(
@@ -38,65 +29,15 @@ def _reduce_add(builder, v):
     return builder.call(fn, [v])
 
 
-def _check(data, x):
-    return (
-        isinstance(data, types.Array) and data.ndim == 1 and data.dtype == types.uint8
-        and isinstance(x, types.Array) and x.ndim == 1 and x.dtype == types.int8
-    )
-
-
-@intrinsic
-def q4_dot(typingctx, data, p, x, xb):
-    """int32 dot of one Q4 block's 16 nibble bytes at data[p] with x[xb:xb+32]."""
-    if not _check(data, x):
-        return None
-    sig = types.int32(data, types.int64, x, types.int64)
-
-    def codegen(context, builder, sig, args):
-        v16 = ir.VectorType(_I8, 16)
-        v32 = ir.VectorType(_I32, 32)
-        p = context.cast(builder, args[1], sig.args[1], types.int64)
-        xb = context.cast(builder, args[3], sig.args[3], types.int64)
-        w = builder.load(_vec_ptr(context, builder, sig.args[0], args[0], p, 16), align=1)
-        lo = builder.and_(w, ir.Constant(v16, [15] * 16))
-        hi = builder.lshr(w, ir.Constant(v16, [4] * 16))
-        w32 = builder.shuffle_vector(lo, hi, ir.Constant(v32, list(range(32))))
-        xv = builder.load(_vec_ptr(context, builder, sig.args[2], args[2], xb, 32), align=1)
-        m = builder.mul(builder.zext(w32, v32), builder.sext(xv, v32))
-        return _reduce_add(builder, m)
-
-    return sig, codegen
-
-
-@intrinsic
-def q8_dot(typingctx, data, p, x, xb):
-    """int32 dot of 32 int8 weights at data[p] with x[xb:xb+32]."""
-    if not _check(data, x):
-        return None
-    sig = types.int32(data, types.int64, x, types.int64)
-
-    def codegen(context, builder, sig, args):
-        v32 = ir.VectorType(_I32, 32)
-        p = context.cast(builder, args[1], sig.args[1], types.int64)
-        xb = context.cast(builder, args[3], sig.args[3], types.int64)
-        w = builder.load(_vec_ptr(context, builder, sig.args[0], args[0], p, 32), align=1)
-        xv = builder.load(_vec_ptr(context, builder, sig.args[2], args[2], xb, 32), align=1)
-        m = builder.mul(builder.sext(w, v32), builder.sext(xv, v32))
-        return _reduce_add(builder, m)
-
-    return sig, codegen
-
-
 # ---------------------------------------------------------------------------------------
-# Tiles: R weight rows x TT tokens over all blocks of a row; per token one float
+# Decode tiles: R weight rows x one token over all blocks of a row; one float
 # accumulator vector whose lanes are the R rows.
 #
-#   tile(data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost)
+#   tile(data, p0, rb, nblk, x, xd, xs, lut, out, oo)
 #
-# weight row r (r < R) starts at byte p0 + r*rb of ``data``; token t (t < TT) has its int8
-# activations at flat element xo + t*xst of ``xq`` and its block scales / block sums (block
-# b) at flat element do + t*dst + b of ``xd`` / ``xs``. The result for (r, t) goes to flat
-# element oo + t*ost + r of ``out``. Arrays are C-contiguous, offsets are not checked.
+# weight row r (r < R) starts at byte p0 + r*rb of ``data``; the token's int8 activations
+# are ``x``, its block scales / block sums ``xd`` / ``xs``; the result of row r goes to
+# out[oo + r]. Arrays are C-contiguous, offsets are not checked.
 #
 # Per block: each weight block is unpacked once into 32 unsigned bytes (Q4 nibbles; Q8_0
 # as w + 128) and dotted with the TT activation blocks by ``vpdpbusd`` (u8 x s8 -> 8 x i32)
@@ -236,41 +177,37 @@ def _block_update(builder, qtype, acc, idot, dx, sxo, sx, dw, m):
 _BIAS = {_Q4_0: 8.0, _Q8_0: 128.0}
 
 
-def make_tile(qtype, R, TT):
-    """An intrinsic computing an R-rows x TT-tokens tile of a Q4_0/Q4_1/Q8_0 product."""
+def make_tile(qtype, R):
+    """An intrinsic computing R rows of a Q4_0/Q4_1/Q8_0 product with one token."""
     bsz = {_Q4_0: 18, _Q4_1: 20, _Q8_0: 34}[qtype]
     qoff = bsz - (32 if qtype == _Q8_0 else 16)
 
     @intrinsic
-    def tile(typingctx, data, p0, rb, nblk, xq, xo, xst, xd, xs, do, dst, lut, out, oo, ost):
+    def tile(typingctx, data, p0, rb, nblk, x, xd, xs, lut, out, oo):
         if not (isinstance(data, types.Array) and data.dtype == types.uint8
-                and isinstance(xq, types.Array) and xq.dtype == types.int8
+                and isinstance(x, types.Array) and x.dtype == types.int8
                 and isinstance(out, types.Array) and out.dtype == types.float32):
             return None
         i64 = types.int64
-        sig = types.void(data, i64, i64, i64, xq, i64, i64, xd, xs, i64, i64, lut, out, i64, i64)
+        sig = types.void(data, i64, i64, i64, x, xd, xs, lut, out, i64)
 
         def codegen(context, builder, sig, args):
-            (data_, p0_, rb_, nblk_, xq_, xo_, xst_, xd_, xs_, do_, dst_, lut_, out_, oo_,
-             ost_) = args
+            data_, p0_, rb_, nblk_, x_, xd_, xs_, lut_, out_, oo_ = args
             ta = sig.args
-            p0_, rb_, nblk_, xo_, xst_, do_, dst_, oo_, ost_ = (
+            p0_, rb_, nblk_, oo_ = (
                 context.cast(builder, v, ty, types.int64)
-                for v, ty in ((p0_, ta[1]), (rb_, ta[2]), (nblk_, ta[3]), (xo_, ta[5]),
-                              (xst_, ta[6]), (do_, ta[9]), (dst_, ta[10]), (oo_, ta[13]),
-                              (ost_, ta[14]))
+                for v, ty in ((p0_, ta[1]), (rb_, ta[2]), (nblk_, ta[3]), (oo_, ta[9]))
             )
             vRf = ir.VectorType(_F32, R)
             v16 = ir.VectorType(_I8, 16)
             v32 = ir.VectorType(_I8, 32)
             c = lambda v: ir.Constant(_I64, v)  # noqa: E731
-            # one accumulator per token, its lanes the R rows
-            acc = [cgutils.alloca_once_value(builder, ir.Constant(vRf, None)) for _ in range(TT)]
+            acc = cgutils.alloca_once_value(builder, ir.Constant(vRf, None))  # lanes: rows
 
             def half_at(p):
                 bits = builder.load(_flat_ptr(context, builder, ta[0], data_, p, _I16), align=1)
                 idx = builder.zext(bits, _I64)
-                return builder.load(_flat_ptr(context, builder, ta[11], lut_, idx, _F32))
+                return builder.load(_flat_ptr(context, builder, ta[7], lut_, idx, _F32))
 
             def rows_vec(vals):
                 v = ir.Constant(vRf, ir.Undefined)
@@ -299,30 +236,23 @@ def make_tile(qtype, R, TT):
                         hi = builder.lshr(w, ir.Constant(v16, [4] * 16))
                         ws.append(builder.shuffle_vector(
                             lo, hi, ir.Constant(ir.VectorType(_I32, 32), list(range(32)))))
-                dwv = rows_vec(dws)
-                mv = rows_vec(ms) if qtype == _Q4_1 else None
-                xb = builder.mul(b, c(32))
-                for t in range(TT):
-                    xp = builder.add(builder.add(xo_, builder.mul(xst_, c(t))), xb)
-                    xv = builder.load(_flat_ptr(context, builder, ta[4], xq_, xp, v32), align=1)
-                    dp = builder.add(builder.add(do_, builder.mul(dst_, c(t))), b)
-                    dx = builder.load(_flat_ptr(context, builder, ta[7], xd_, dp, _F32))
-                    sx = builder.load(_flat_ptr(context, builder, ta[8], xs_, dp, _F32))
-                    sxo = None
-                    if qtype != _Q4_1:
-                        sxo = _splat(builder, builder.fmul(sx, ir.Constant(_F32, _BIAS[qtype])),
-                                     R)
-                    idot = _rows_sum(builder, [_dot8(builder, ws[r], xv) for r in range(R)])
-                    a = builder.load(acc[t])
-                    a = _block_update(builder, qtype, a, idot, _splat(builder, dx, R), sxo,
-                                      _splat(builder, sx, R), dwv, mv)
-                    builder.store(a, acc[t])
+                xv = builder.load(_flat_ptr(context, builder, ta[4], x_, builder.mul(b, c(32)),
+                                            v32), align=1)
+                dx = builder.load(_flat_ptr(context, builder, ta[5], xd_, b, _F32))
+                sx = builder.load(_flat_ptr(context, builder, ta[6], xs_, b, _F32))
+                sxo = None
+                if qtype != _Q4_1:
+                    sxo = _splat(builder, builder.fmul(sx, ir.Constant(_F32, _BIAS[qtype])), R)
+                idot = _rows_sum(builder, [_dot8(builder, ws[r], xv) for r in range(R)])
+                a = _block_update(builder, qtype, builder.load(acc), idot, _splat(builder, dx, R),
+                                  sxo, _splat(builder, sx, R), rows_vec(dws),
+                                  rows_vec(ms) if qtype == _Q4_1 else None)
+                builder.store(a, acc)
 
-            for t in range(TT):
-                a = builder.load(acc[t])
-                for r in range(R):
-                    _store_out(context, builder, ta[12], out_, oo_, ost_, t, r,
-                               builder.extract_element(a, ir.Constant(_I32, r)))
+            a = builder.load(acc)
+            for r in range(R):
+                _store_out(context, builder, ta[8], out_, oo_, c(0), 0, r,
+                           builder.extract_element(a, ir.Constant(_I32, r)))
             return context.get_dummy_value()
 
         return sig, codegen

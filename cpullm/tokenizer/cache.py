@@ -69,14 +69,12 @@ def _unpack(blob: np.ndarray, off: np.ndarray) -> list[bytes]:
 
 def load(k: str, n_tokens: int) -> BPETables | None:
     """The tables stored under ``k`` for a vocabulary of ``n_tokens``, or None."""
+    names = ("rank_blob", "rank_off", "rank2id", "tok_blob", "tok_off")
     try:
         with np.load(_entry(k), allow_pickle=False) as z:
-            arrays = {n: z[n] for n in ("rank_blob", "rank_off", "rank2id", "tok_blob",
-                                        "tok_off")}
+            rb, ro, r2i, tb, to = (z[n] for n in names)
     except Exception:  # missing, truncated, not a zip, wrong keys: rebuild
         return None
-    rb, ro, r2i, tb, to = (arrays[n] for n in ("rank_blob", "rank_off", "rank2id",
-                                                 "tok_blob", "tok_off"))
     ok = (
         rb.dtype == np.uint8 and tb.dtype == np.uint8 and ro.dtype == np.int64
         and to.dtype == np.int64 and r2i.dtype == np.int64

@@ -29,9 +29,6 @@ class LiteralMatcher:
     def __bool__(self) -> bool:
         return bool(self._strings)
 
-    def __len__(self) -> int:
-        return len(self._strings)
-
     def spans(self, text: str) -> Iterator[tuple[int, int]]:
         """(start, end) of each match in ``text``, in order."""
         if self._starts is None:
